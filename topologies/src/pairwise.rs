@@ -1,0 +1,12 @@
+//! TODO: generator (being written).
+
+use crate::{Plan, PlanError, PlanOptions, Shape};
+
+pub(crate) fn plan(shape: &Shape, _rank: usize, _options: &PlanOptions) -> Result<Plan, PlanError> {
+    Err(PlanError::InvalidShape { collective: shape.collective, reason: "not implemented yet".into() })
+}
+
+pub(crate) fn linear_plan(shape: &Shape, _rank: usize, _options: &PlanOptions) -> Result<Plan, PlanError> {
+    Err(PlanError::InvalidShape { collective: shape.collective, reason: "not implemented yet".into() })
+}
+
