@@ -20,7 +20,7 @@ mod plan;
 pub use plan::{Action, BufferId, Plan, Region, Step};
 
 mod sim;
-pub use sim::{simulate, RankData, SimError};
+pub use sim::{simulate, simulate_with_stats, RankData, SimError, SimStats};
 
 mod blocks;
 pub use blocks::{block_offsets, even_blocks};
@@ -239,7 +239,7 @@ impl FromStr for Algorithm {
 }
 
 /// Element counts of a call.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Counts {
     /// Broadcast, reduce, all-reduce: the length of every rank's buffer.
     Single(u64),
@@ -261,7 +261,7 @@ pub enum Counts {
 }
 
 /// Everything the ranks agree on about one call.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Shape {
     /// Which collective.
     pub collective: Collective,

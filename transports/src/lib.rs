@@ -1,1 +1,93 @@
-//! transports
+//! # braid-transports
+//!
+//! The contract between braid's executor and the things that move bytes, and
+//! the transports themselves, one folder each. A transport connects one rank
+//! to its peers and moves bytes, nothing more: it knows no collectives.
+//!
+//! The contract is a set of per-peer byte streams, one per direction, driven by
+//! the executor without blocking:
+//! - [`Transport::send`] hands bytes for a peer over and says how many it took
+//!   (possibly none while its buffers are full);
+//! - [`Transport::recv`] *lends* received bytes to a sink closure, so that a
+//!   receive-and-reduce reads straight out of the transport's buffer with no
+//!   staging copy;
+//! - [`Transport::wait`] sleeps until progress may be possible or a deadline
+//!   passes: nothing waits forever.
+//!
+//! Errors name the peer ([`TransportError`]).
+
+use std::time::Instant;
+
+pub mod local;
+
+/// Where the memory of a buffer lives; the executor tells transports so that a
+/// GPU transport can copy device to device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryKind {
+    /// Ordinary host memory.
+    Host,
+    /// Memory of the GPU with this ordinal.
+    Device(u32),
+}
+
+/// A failure of the transport, always naming the peer involved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The peer has gone away (its endpoint was dropped, its process died, or
+    /// it closed the connection) while data was still expected.
+    #[error("peer rank {peer} closed its connection (it exited, crashed or was dropped)")]
+    PeerClosed {
+        /// The peer.
+        peer: usize,
+    },
+    /// The peer index is not in the group.
+    #[error("peer rank {peer} does not exist in a group of {size}")]
+    NoSuchPeer {
+        /// The peer asked for.
+        peer: usize,
+        /// Ranks in the group.
+        size: usize,
+    },
+    /// Anything else the operating system reported.
+    #[error("transport failure with peer rank {peer}: {reason}")]
+    Io {
+        /// The peer.
+        peer: usize,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Moves bytes between this rank and its peers. See the crate docs.
+///
+/// Every method returns at once except [`Transport::wait`], which returns at
+/// the latest at its deadline.
+pub trait Transport: Send {
+    /// This rank.
+    fn rank(&self) -> usize;
+    /// Ranks in the group.
+    fn size(&self) -> usize;
+    /// A short name for logs ("local", "tcp", ...).
+    fn name(&self) -> &'static str;
+    /// Where the buffers this transport moves may live.
+    fn memory(&self) -> MemoryKind {
+        MemoryKind::Host
+    }
+    /// Offers the concatenation of `parts` to the stream towards `peer`;
+    /// returns how many bytes (a prefix) it took, 0 when its buffers are full.
+    fn send(&mut self, peer: usize, parts: &[&[u8]]) -> Result<usize, TransportError>;
+    /// Lends up to `max` bytes received from `peer` to `sink`, in one or more
+    /// slices whose lengths are multiples of `granule` (the element size; the
+    /// transport holds back a partial element). Returns the bytes lent; 0 when
+    /// nothing is there yet.
+    fn recv(
+        &mut self,
+        peer: usize,
+        max: usize,
+        granule: usize,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, TransportError>;
+    /// Blocks until something may have changed (data arrived, space freed, a
+    /// peer closed) or `deadline` passes, whichever is first.
+    fn wait(&mut self, deadline: Instant) -> Result<(), TransportError>;
+}
