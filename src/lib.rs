@@ -48,5 +48,10 @@ pub use local::{local_group, local_group_with, run_local};
 pub use braid_topologies::{Algorithm, Collective, Plan};
 pub use braid_transports::Transport;
 
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// f16 and bf16 element types (re-exported from the `half` crate).
 pub use half::{bf16, f16};
