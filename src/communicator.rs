@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use braid_topologies::{generate, Algorithm, Collective, Counts, Plan, PlanError, PlanOptions, Shape};
+use braid_topologies::{
+    generate, Algorithm, Collective, Counts, Plan, PlanError, PlanOptions, Shape,
+};
 use braid_transports::Transport;
 
 use crate::dtype::{Element, ReduceOp};
@@ -105,7 +107,11 @@ impl Communicator {
 
     /// Forces `algorithm` for `collective` on this rank (every rank must force
     /// the same), or returns to automatic choice with `None`.
-    pub fn set_algorithm(&mut self, collective: Collective, algorithm: Option<Algorithm>) -> Result<()> {
+    pub fn set_algorithm(
+        &mut self,
+        collective: Collective,
+        algorithm: Option<Algorithm>,
+    ) -> Result<()> {
         match algorithm {
             Some(a) => self.config = self.config.clone().with_algorithm(collective, a)?,
             None => {
@@ -127,32 +133,68 @@ impl Communicator {
 
     /// Copies `buf` of `root` into `buf` of every rank.
     pub fn broadcast<T: Element>(&mut self, buf: &mut [T], root: usize) -> Result<()> {
-        let shape = Shape::new(Collective::Broadcast, self.size, root, Counts::Single(buf.len() as u64));
+        let shape = Shape::new(
+            Collective::Broadcast,
+            self.size,
+            root,
+            Counts::Single(buf.len() as u64),
+        );
         self.collective("broadcast", shape, None, &[], buf)
     }
 
     /// Reduces `send` of every rank with `op` into `recv` of `root`.
     /// On other ranks `recv` is not touched and may be empty.
-    pub fn reduce<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
+    pub fn reduce<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
         let n = send.len();
         self.checked("reduce", |c| {
             c.check_root(root)?;
             if c.rank == root || !recv.is_empty() {
-                expect_len("recv buffer", recv.len(), n as u64, "the send buffer's length")?;
+                expect_len(
+                    "recv buffer",
+                    recv.len(),
+                    n as u64,
+                    "the send buffer's length",
+                )?;
             }
             Ok(())
         })?;
         let recv = if self.rank == root { recv } else { &mut [][..] };
-        let shape = Shape::new(Collective::Reduce, self.size, root, Counts::Single(n as u64));
+        let shape = Shape::new(
+            Collective::Reduce,
+            self.size,
+            root,
+            Counts::Single(n as u64),
+        );
         self.collective("reduce", shape, Some(op), send, recv)
     }
 
     /// Reduces `send` of every rank with `op` into `recv` of every rank.
-    pub fn all_reduce<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn all_reduce<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
         self.checked("all_reduce", |_| {
-            expect_len("recv buffer", recv.len(), send.len() as u64, "the send buffer's length")
+            expect_len(
+                "recv buffer",
+                recv.len(),
+                send.len() as u64,
+                "the send buffer's length",
+            )
         })?;
-        let shape = Shape::new(Collective::AllReduce, self.size, 0, Counts::Single(send.len() as u64));
+        let shape = Shape::new(
+            Collective::AllReduce,
+            self.size,
+            0,
+            Counts::Single(send.len() as u64),
+        );
         self.collective("all_reduce", shape, Some(op), send, recv)
     }
 
@@ -161,7 +203,12 @@ impl Communicator {
         let mut staging = std::mem::take(&mut self.staging);
         let input = pool::<T>(&mut staging, buf.len());
         input.copy_from_slice(buf);
-        let shape = Shape::new(Collective::AllReduce, self.size, 0, Counts::Single(buf.len() as u64));
+        let shape = Shape::new(
+            Collective::AllReduce,
+            self.size,
+            0,
+            Counts::Single(buf.len() as u64),
+        );
         let result = self.collective("all_reduce", shape, Some(op), input, buf);
         self.staging = staging;
         result
@@ -175,22 +222,50 @@ impl Communicator {
     }
 
     /// Scatter with per-rank counts: block `r` has `counts[r]` elements.
-    pub fn scatter_v<T: Element>(&mut self, send: &[T], recv: &mut [T], counts: &[usize], root: usize) -> Result<()> {
+    pub fn scatter_v<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        root: usize,
+    ) -> Result<()> {
         self.scatter_impl("scatter_v", send, recv, counts, root)
     }
 
-    fn scatter_impl<T: Element>(&mut self, call: &'static str, send: &[T], recv: &mut [T], counts: &[usize], root: usize) -> Result<()> {
+    fn scatter_impl<T: Element>(
+        &mut self,
+        call: &'static str,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        root: usize,
+    ) -> Result<()> {
         self.checked(call, |c| {
             c.check_root(root)?;
             c.check_counts(counts)?;
             let total: usize = counts.iter().sum();
             if c.rank == root || !send.is_empty() {
-                expect_len("send buffer", send.len(), total as u64, "the sum of all ranks' blocks")?;
+                expect_len(
+                    "send buffer",
+                    send.len(),
+                    total as u64,
+                    "the sum of all ranks' blocks",
+                )?;
             }
-            expect_len("recv buffer", recv.len(), counts[c.rank] as u64, "this rank's block")
+            expect_len(
+                "recv buffer",
+                recv.len(),
+                counts[c.rank] as u64,
+                "this rank's block",
+            )
         })?;
         let send = if self.rank == root { send } else { &[][..] };
-        let shape = Shape::new(Collective::Scatter, self.size, root, Counts::Blocks(as_u64(counts)));
+        let shape = Shape::new(
+            Collective::Scatter,
+            self.size,
+            root,
+            Counts::Blocks(as_u64(counts)),
+        );
         self.collective(call, shape, None, send, recv)
     }
 
@@ -202,23 +277,51 @@ impl Communicator {
     }
 
     /// Gather with per-rank counts: rank `r` sends `counts[r]` elements.
-    pub fn gather_v<T: Element>(&mut self, send: &[T], recv: &mut [T], counts: &[usize], root: usize) -> Result<()> {
+    pub fn gather_v<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        root: usize,
+    ) -> Result<()> {
         self.gather_impl("gather_v", send, recv, counts, root)
     }
 
-    fn gather_impl<T: Element>(&mut self, call: &'static str, send: &[T], recv: &mut [T], counts: &[usize], root: usize) -> Result<()> {
+    fn gather_impl<T: Element>(
+        &mut self,
+        call: &'static str,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        root: usize,
+    ) -> Result<()> {
         self.checked(call, |c| {
             c.check_root(root)?;
             c.check_counts(counts)?;
-            expect_len("send buffer", send.len(), counts[c.rank] as u64, "this rank's count")?;
+            expect_len(
+                "send buffer",
+                send.len(),
+                counts[c.rank] as u64,
+                "this rank's count",
+            )?;
             let total: usize = counts.iter().sum();
             if c.rank == root || !recv.is_empty() {
-                expect_len("recv buffer", recv.len(), total as u64, "the sum of all ranks' counts")?;
+                expect_len(
+                    "recv buffer",
+                    recv.len(),
+                    total as u64,
+                    "the sum of all ranks' counts",
+                )?;
             }
             Ok(())
         })?;
         let recv = if self.rank == root { recv } else { &mut [][..] };
-        let shape = Shape::new(Collective::Gather, self.size, root, Counts::Blocks(as_u64(counts)));
+        let shape = Shape::new(
+            Collective::Gather,
+            self.size,
+            root,
+            Counts::Blocks(as_u64(counts)),
+        );
         self.collective(call, shape, None, send, recv)
     }
 
@@ -230,41 +333,100 @@ impl Communicator {
     }
 
     /// All-gather with per-rank counts: rank `r` contributes `counts[r]` elements.
-    pub fn all_gather_v<T: Element>(&mut self, send: &[T], recv: &mut [T], counts: &[usize]) -> Result<()> {
+    pub fn all_gather_v<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+    ) -> Result<()> {
         self.all_gather_impl("all_gather_v", send, recv, counts)
     }
 
-    fn all_gather_impl<T: Element>(&mut self, call: &'static str, send: &[T], recv: &mut [T], counts: &[usize]) -> Result<()> {
+    fn all_gather_impl<T: Element>(
+        &mut self,
+        call: &'static str,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+    ) -> Result<()> {
         self.checked(call, |c| {
             c.check_counts(counts)?;
-            expect_len("send buffer", send.len(), counts[c.rank] as u64, "this rank's count")?;
+            expect_len(
+                "send buffer",
+                send.len(),
+                counts[c.rank] as u64,
+                "this rank's count",
+            )?;
             let total: usize = counts.iter().sum();
-            expect_len("recv buffer", recv.len(), total as u64, "the sum of all ranks' counts")
+            expect_len(
+                "recv buffer",
+                recv.len(),
+                total as u64,
+                "the sum of all ranks' counts",
+            )
         })?;
-        let shape = Shape::new(Collective::AllGather, self.size, 0, Counts::Blocks(as_u64(counts)));
+        let shape = Shape::new(
+            Collective::AllGather,
+            self.size,
+            0,
+            Counts::Blocks(as_u64(counts)),
+        );
         self.collective(call, shape, None, send, recv)
     }
 
     /// Reduces `send` (`size() * recv.len()` elements) of every rank with `op`;
     /// block `r` of the result lands in `recv` of rank `r`.
-    pub fn reduce_scatter<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn reduce_scatter<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
         let counts = vec![recv.len(); self.size];
         self.reduce_scatter_impl("reduce_scatter", send, recv, &counts, op)
     }
 
     /// Reduce-scatter with per-rank counts: rank `r` receives `counts[r]` elements.
-    pub fn reduce_scatter_v<T: Element>(&mut self, send: &[T], recv: &mut [T], counts: &[usize], op: ReduceOp) -> Result<()> {
+    pub fn reduce_scatter_v<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        op: ReduceOp,
+    ) -> Result<()> {
         self.reduce_scatter_impl("reduce_scatter_v", send, recv, counts, op)
     }
 
-    fn reduce_scatter_impl<T: Element>(&mut self, call: &'static str, send: &[T], recv: &mut [T], counts: &[usize], op: ReduceOp) -> Result<()> {
+    fn reduce_scatter_impl<T: Element>(
+        &mut self,
+        call: &'static str,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        op: ReduceOp,
+    ) -> Result<()> {
         self.checked(call, |c| {
             c.check_counts(counts)?;
             let total: usize = counts.iter().sum();
-            expect_len("send buffer", send.len(), total as u64, "the sum of all ranks' counts")?;
-            expect_len("recv buffer", recv.len(), counts[c.rank] as u64, "this rank's count")
+            expect_len(
+                "send buffer",
+                send.len(),
+                total as u64,
+                "the sum of all ranks' counts",
+            )?;
+            expect_len(
+                "recv buffer",
+                recv.len(),
+                counts[c.rank] as u64,
+                "this rank's count",
+            )
         })?;
-        let shape = Shape::new(Collective::ReduceScatter, self.size, 0, Counts::Blocks(as_u64(counts)));
+        let shape = Shape::new(
+            Collective::ReduceScatter,
+            self.size,
+            0,
+            Counts::Blocks(as_u64(counts)),
+        );
         self.collective(call, shape, Some(op), send, recv)
     }
 
@@ -286,7 +448,10 @@ impl Communicator {
             Collective::AllToAll,
             n,
             0,
-            Counts::Matrix { counts: vec![block; n * n], partial: false },
+            Counts::Matrix {
+                counts: vec![block; n * n],
+                partial: false,
+            },
         );
         self.collective("all_to_all", shape, None, send, recv)
     }
@@ -307,8 +472,18 @@ impl Communicator {
             c.check_counts(recv_counts)?;
             let sends: usize = send_counts.iter().sum();
             let recvs: usize = recv_counts.iter().sum();
-            expect_len("send buffer", send.len(), sends as u64, "the sum of send_counts")?;
-            expect_len("recv buffer", recv.len(), recvs as u64, "the sum of recv_counts")
+            expect_len(
+                "send buffer",
+                send.len(),
+                sends as u64,
+                "the sum of send_counts",
+            )?;
+            expect_len(
+                "recv buffer",
+                recv.len(),
+                recvs as u64,
+                "the sum of recv_counts",
+            )
         })?;
         // This rank knows its row (what it sends) and column (what it gets).
         let mut matrix = vec![0u64; n * n];
@@ -316,7 +491,15 @@ impl Communicator {
             matrix[self.rank * n + j] = send_counts[j] as u64;
             matrix[j * n + self.rank] = recv_counts[j] as u64;
         }
-        let shape = Shape::new(Collective::AllToAll, n, 0, Counts::Matrix { counts: matrix, partial: true });
+        let shape = Shape::new(
+            Collective::AllToAll,
+            n,
+            0,
+            Counts::Matrix {
+                counts: matrix,
+                partial: true,
+            },
+        );
         self.collective("all_to_all_v", shape, None, send, recv)
     }
 
@@ -361,7 +544,13 @@ impl Communicator {
     /// Sends `send` to `dest` while receiving `recv` from `source`, at once, so
     /// that ranks exchanging with each other cannot deadlock. Sending to and
     /// receiving from this rank itself is a local copy.
-    pub fn send_recv<T: Element>(&mut self, send: &[T], dest: usize, recv: &mut [T], source: usize) -> Result<()> {
+    pub fn send_recv<T: Element>(
+        &mut self,
+        send: &[T],
+        dest: usize,
+        recv: &mut [T],
+        source: usize,
+    ) -> Result<()> {
         self.checked("send_recv", |c| {
             c.check_peer(dest)?;
             c.check_peer(source)?;
@@ -373,7 +562,12 @@ impl Communicator {
                 )));
             }
             if dest == c.rank {
-                expect_len("recv buffer", recv.len(), send.len() as u64, "a message to itself")?;
+                expect_len(
+                    "recv buffer",
+                    recv.len(),
+                    send.len() as u64,
+                    "a message to itself",
+                )?;
             }
             Ok(())
         })?;
@@ -438,19 +632,26 @@ impl Communicator {
     fn plan_for(&mut self, call: &str, shape: &Shape, elem_size: usize) -> Result<Arc<Plan>> {
         let bytes = shape.largest_buffer() * elem_size as u64;
         let forced = self.config.algorithms.get(&shape.collective).copied();
-        let algorithm = forced.unwrap_or_else(|| select::choose(shape.collective, bytes, self.size));
+        let algorithm =
+            forced.unwrap_or_else(|| select::choose(shape.collective, bytes, self.size));
         let chunk_elems = (self.config.chunk_bytes / elem_size).max(1) as u64;
         let key = (algorithm, shape.clone(), chunk_elems, self.rank);
         if let Some(plan) = self.plans.get(&key) {
             return Ok(Arc::clone(plan));
         }
-        let plan = generate(algorithm, shape, self.rank, &PlanOptions { chunk_elems }).map_err(|e| match e {
-            PlanError::Unsupported { reason, .. } => Error::unsupported(format!(
-                "algorithm {algorithm} ({}) does not support {call}: {reason}",
-                if forced.is_some() { "forced by BRAID_ALGO or the config" } else { "chosen by the size rule" }
-            )),
-            PlanError::InvalidShape { reason, .. } => Error::invalid(reason),
-        })?;
+        let plan = generate(algorithm, shape, self.rank, &PlanOptions { chunk_elems }).map_err(
+            |e| match e {
+                PlanError::Unsupported { reason, .. } => Error::unsupported(format!(
+                    "algorithm {algorithm} ({}) does not support {call}: {reason}",
+                    if forced.is_some() {
+                        "forced by BRAID_ALGO or the config"
+                    } else {
+                        "chosen by the size rule"
+                    }
+                )),
+                PlanError::InvalidShape { reason, .. } => Error::invalid(reason),
+            },
+        )?;
         tracing::debug!(rank = self.rank, call, %algorithm, steps = plan.steps.len(), "new plan");
         if self.plans.len() >= PLAN_CACHE_LIMIT {
             self.plans.clear();
@@ -474,7 +675,8 @@ impl Communicator {
             self.check_op::<T>(op).map_err(|e| at(e, seq, rank, size))?;
         }
         if shape.collective.rooted() {
-            self.check_root(shape.root).map_err(|e| at(e, seq, rank, size))?;
+            self.check_root(shape.root)
+                .map_err(|e| at(e, seq, rank, size))?;
         }
         let plan = self
             .plan_for(call, &shape, std::mem::size_of::<T>())
@@ -488,7 +690,11 @@ impl Communicator {
             call: call_code(call),
             dtype: T::DTYPE,
             op: op.map_or(0, ReduceOp::code),
-            root: if shape.collective.rooted() { shape.root as u32 } else { 0 },
+            root: if shape.collective.rooted() {
+                shape.root as u32
+            } else {
+                0
+            },
             count,
             seq,
         };
@@ -504,7 +710,11 @@ impl Communicator {
             },
             &fingerprint,
             &fingerprint,
-            &RunOptions { op, timeout: self.config.timeout, chunk_bytes: self.config.chunk_bytes },
+            &RunOptions {
+                op,
+                timeout: self.config.timeout,
+                chunk_bytes: self.config.chunk_bytes,
+            },
         );
         self.scratch = scratch;
         result.map_err(|e| at(e, seq, rank, size))?;
@@ -524,13 +734,24 @@ impl Communicator {
         source: Option<usize>,
     ) -> Result<()> {
         use braid_topologies::{Action, BufferId, Region};
-        let mut plan = Plan::new(Collective::AllToAll, Algorithm::Linear, self.rank, self.size);
+        let mut plan = Plan::new(
+            Collective::AllToAll,
+            Algorithm::Linear,
+            self.rank,
+            self.size,
+        );
         let mut actions = Vec::new();
         if let Some(peer) = dest {
-            actions.push(Action::Send { peer, src: Region::new(BufferId::Input, 0, send.len() as u64) });
+            actions.push(Action::Send {
+                peer,
+                src: Region::new(BufferId::Input, 0, send.len() as u64),
+            });
         }
         if let Some(peer) = source {
-            actions.push(Action::Recv { peer, dst: Region::new(BufferId::Output, 0, recv.len() as u64) });
+            actions.push(Action::Recv {
+                peer,
+                dst: Region::new(BufferId::Output, 0, recv.len() as u64),
+            });
         }
         // Zero-length messages still travel: the receiver must see them.
         plan.push_step_keep_empty(actions);
@@ -545,7 +766,11 @@ impl Communicator {
             seq,
         };
         let (seq, rank, size) = (self.seq, self.rank, self.size);
-        let opts = RunOptions { op: ReduceOp::Sum, timeout: self.config.timeout, chunk_bytes: self.config.chunk_bytes };
+        let opts = RunOptions {
+            op: ReduceOp::Sum,
+            timeout: self.config.timeout,
+            chunk_bytes: self.config.chunk_bytes,
+        };
         let expected_recv_fp = source.map(|s| Fingerprint {
             call: call_code("send"),
             dtype: T::DTYPE,
@@ -559,7 +784,11 @@ impl Communicator {
         let result = run_plan(
             self.transport.as_mut(),
             &plan,
-            Buffers { input: send, output: recv, scratch: &mut [] },
+            Buffers {
+                input: send,
+                output: recv,
+                scratch: &mut [],
+            },
             &sent_fp,
             &expected_fp,
             &opts,

@@ -90,7 +90,9 @@ fn check_pair(collective: Collective, algorithm: Algorithm) -> std::result::Resu
 }
 
 /// Parses `collective=algorithm[,collective=algorithm...]`.
-pub fn parse_algorithms(spec: &str) -> std::result::Result<BTreeMap<Collective, Algorithm>, String> {
+pub fn parse_algorithms(
+    spec: &str,
+) -> std::result::Result<BTreeMap<Collective, Algorithm>, String> {
     let mut map = BTreeMap::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (c, a) = item
@@ -131,12 +133,23 @@ mod tests {
         assert_eq!(m[&Collective::AllReduce], Algorithm::Ring);
         assert_eq!(m[&Collective::Broadcast], Algorithm::Tree);
         let e = parse_algorithms("all_reduce=rign").unwrap_err();
-        assert!(e.contains("unknown algorithm 'rign'") && e.contains("halving_doubling"), "{e}");
+        assert!(
+            e.contains("unknown algorithm 'rign'") && e.contains("halving_doubling"),
+            "{e}"
+        );
         let e = parse_algorithms("allreduce=ring").unwrap_err();
-        assert!(e.contains("unknown collective 'allreduce'") && e.contains("all_reduce"), "{e}");
+        assert!(
+            e.contains("unknown collective 'allreduce'") && e.contains("all_reduce"),
+            "{e}"
+        );
         let e = parse_algorithms("all_to_all=ring").unwrap_err();
-        assert!(e.contains("does not implement all_to_all") && e.contains("pairwise"), "{e}");
-        assert!(parse_algorithms("ring").unwrap_err().contains("collective=algorithm"));
+        assert!(
+            e.contains("does not implement all_to_all") && e.contains("pairwise"),
+            "{e}"
+        );
+        assert!(parse_algorithms("ring")
+            .unwrap_err()
+            .contains("collective=algorithm"));
     }
 
     #[test]

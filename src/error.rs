@@ -152,8 +152,12 @@ mod tests {
 
     #[test]
     fn display_says_what_where_and_what_to_do() {
-        let e = Error::invalid("recv buffer has 5 elements, expected 8; pass equal lengths")
-            .at("all_reduce", 3, 1, 4);
+        let e = Error::invalid("recv buffer has 5 elements, expected 8; pass equal lengths").at(
+            "all_reduce",
+            3,
+            1,
+            4,
+        );
         assert_eq!(
             e.to_string(),
             "braid error (invalid argument) in all_reduce #3 on rank 1 of 4: \

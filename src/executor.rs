@@ -76,7 +76,8 @@ impl Fingerprint {
 
     /// Decodes a header; `None` if it is not one.
     fn decode(h: &[u8; HEADER_BYTES]) -> Option<(Fingerprint, u64)> {
-        let word = |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or([0; 8]));
+        let word =
+            |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or([0; 8]));
         if u32::from_le_bytes([h[0], h[1], h[2], h[3]]) != MAGIC {
             return None;
         }
@@ -92,13 +93,17 @@ impl Fingerprint {
     }
 
     fn describe(&self) -> String {
-        let name = CALL_NAMES.get(self.call as usize).unwrap_or(&"unknown call");
+        let name = CALL_NAMES
+            .get(self.call as usize)
+            .unwrap_or(&"unknown call");
         let mut s = format!("{name} #{} ({}, count {}", self.seq, self.dtype, self.count);
         if let Some(op) = ReduceOp::from_code(self.op) {
             s.push_str(&format!(", op {op}"));
         }
-        if matches!(*name, "broadcast" | "reduce" | "scatter" | "gather" | "scatter_v" | "gather_v")
-        {
+        if matches!(
+            *name,
+            "broadcast" | "reduce" | "scatter" | "gather" | "scatter_v" | "gather_v"
+        ) {
             s.push_str(&format!(", root {}", self.root));
         }
         s.push(')');
@@ -151,9 +156,7 @@ impl<T: Element> Buffers<'_, T> {
             }
         } else {
             let (src_slice, dst_slice): (&[T], &mut [T]) = match (src.buf, dst.buf) {
-                (_, BufferId::Input) => {
-                    return Err(internal("a plan writes into the send buffer"))
-                }
+                (_, BufferId::Input) => return Err(internal("a plan writes into the send buffer")),
                 (BufferId::Input, BufferId::Output) => (self.input, self.output),
                 (BufferId::Input, BufferId::Scratch) => (self.input, self.scratch),
                 (BufferId::Output, BufferId::Scratch) => (self.output, self.scratch),
@@ -347,7 +350,14 @@ pub(crate) fn run_plan<T: Element>(
                 continue;
             }
             if now >= deadline {
-                return Err(timeout_error(&sends, &recvs, plan, step_index, opts.timeout, size));
+                return Err(timeout_error(
+                    &sends,
+                    &recvs,
+                    plan,
+                    step_index,
+                    opts.timeout,
+                    size,
+                ));
             }
             transport
                 .wait(deadline)
@@ -380,7 +390,10 @@ fn check_header(
         } else {
             expected.describe()
         };
-        let mut msg = format!("rank {peer} is in {} but this rank called {ours}", theirs.describe());
+        let mut msg = format!(
+            "rank {peer} is in {} but this rank called {ours}",
+            theirs.describe()
+        );
         if theirs == *expected {
             msg = format!(
                 "rank {peer} sent {bytes} bytes where this rank expected {payload_len} in {}",
@@ -470,6 +483,8 @@ mod tests {
         let h = fp.encode(12345);
         assert_eq!(Fingerprint::decode(&h), Some((fp, 12345)));
         assert_eq!(Fingerprint::decode(&[0xAB; HEADER_BYTES]), None);
-        assert!(fp.describe().contains("all_reduce #99 (bf16, count 1099511627779, op max"));
+        assert!(fp
+            .describe()
+            .contains("all_reduce #99 (bf16, count 1099511627779, op max"));
     }
 }

@@ -13,7 +13,9 @@ pub fn local_group(n: usize) -> Result<Vec<Communicator>> {
 /// [`local_group`] with an explicit configuration.
 pub fn local_group_with(n: usize, config: Config) -> Result<Vec<Communicator>> {
     if n == 0 {
-        return Err(Error::invalid("a group needs at least one rank; ask for n >= 1"));
+        return Err(Error::invalid(
+            "a group needs at least one rank; ask for n >= 1",
+        ));
     }
     Ok(endpoints(n, DEFAULT_PAIR_CAPACITY)
         .into_iter()

@@ -71,7 +71,8 @@ impl Sweep<'_> {
     }
 
     fn fail(&mut self, what: String, e: braid::Error) {
-        self.failures.push(format!("rank {}: {what}: {e}", self.comm.rank()));
+        self.failures
+            .push(format!("rank {}: {what}: {e}", self.comm.rank()));
     }
 
     fn run<T: Element>(&mut self, collective: Collective, algo: Algorithm) {
@@ -88,8 +89,13 @@ impl Sweep<'_> {
                 Collective::AllReduce => {
                     for &op in ops {
                         let mut out = sentinel::<T>(count);
-                        match self.comm.all_reduce(&inputs::<T>(op, me, count), &mut out, op) {
-                            Ok(()) => self.check(tag(format!("op={op}")), &out, &reduced(op, n, count, 0)),
+                        match self
+                            .comm
+                            .all_reduce(&inputs::<T>(op, me, count), &mut out, op)
+                        {
+                            Ok(()) => {
+                                self.check(tag(format!("op={op}")), &out, &reduced(op, n, count, 0))
+                            }
                             Err(e) => self.fail(tag(format!("op={op}")), e),
                         }
                     }
@@ -98,7 +104,10 @@ impl Sweep<'_> {
                     for &op in ops {
                         for root in roots(n) {
                             let mut out = sentinel::<T>(if me == root { count } else { 0 });
-                            match self.comm.reduce(&inputs::<T>(op, me, count), &mut out, op, root) {
+                            match self
+                                .comm
+                                .reduce(&inputs::<T>(op, me, count), &mut out, op, root)
+                            {
                                 Ok(()) if me == root => self.check(
                                     tag(format!("op={op} root={root}")),
                                     &out,
@@ -115,7 +124,11 @@ impl Sweep<'_> {
                         let mut out = sentinel::<T>(count);
                         let send = inputs::<T>(op, me, count * n);
                         match self.comm.reduce_scatter(&send, &mut out, op) {
-                            Ok(()) => self.check(tag(format!("op={op}")), &out, &reduced(op, n, count, me * count)),
+                            Ok(()) => self.check(
+                                tag(format!("op={op}")),
+                                &out,
+                                &reduced(op, n, count, me * count),
+                            ),
                             Err(e) => self.fail(tag(format!("op={op}")), e),
                         }
                         let counts = uneven(n, count);
@@ -124,7 +137,11 @@ impl Sweep<'_> {
                         let mut out = sentinel::<T>(counts[me]);
                         let send = inputs::<T>(op, me, total);
                         match self.comm.reduce_scatter_v(&send, &mut out, &counts, op) {
-                            Ok(()) => self.check(tag(format!("v op={op}")), &out, &reduced(op, n, counts[me], at)),
+                            Ok(()) => self.check(
+                                tag(format!("v op={op}")),
+                                &out,
+                                &reduced(op, n, counts[me], at),
+                            ),
                             Err(e) => self.fail(tag(format!("v op={op}")), e),
                         }
                     }
@@ -132,7 +149,11 @@ impl Sweep<'_> {
                 Collective::Broadcast => {
                     for root in roots(n) {
                         let want = inputs::<T>(ReduceOp::Sum, root, count);
-                        let mut buf = if me == root { want.clone() } else { sentinel(count) };
+                        let mut buf = if me == root {
+                            want.clone()
+                        } else {
+                            sentinel(count)
+                        };
                         match self.comm.broadcast(&mut buf, root) {
                             Ok(()) => self.check(tag(format!("root={root}")), &buf, &want),
                             Err(e) => self.fail(tag(format!("root={root}")), e),
@@ -141,15 +162,26 @@ impl Sweep<'_> {
                 }
                 Collective::AllGather => {
                     let mut out = sentinel::<T>(count * n);
-                    let want: Vec<T> = (0..n).flat_map(|r| inputs::<T>(ReduceOp::Sum, r, count)).collect();
-                    match self.comm.all_gather(&inputs::<T>(ReduceOp::Sum, me, count), &mut out) {
+                    let want: Vec<T> = (0..n)
+                        .flat_map(|r| inputs::<T>(ReduceOp::Sum, r, count))
+                        .collect();
+                    match self
+                        .comm
+                        .all_gather(&inputs::<T>(ReduceOp::Sum, me, count), &mut out)
+                    {
                         Ok(()) => self.check(tag(String::new()), &out, &want),
                         Err(e) => self.fail(tag(String::new()), e),
                     }
                     let counts = uneven(n, count);
-                    let want: Vec<T> = (0..n).flat_map(|r| inputs::<T>(ReduceOp::Sum, r, counts[r])).collect();
+                    let want: Vec<T> = (0..n)
+                        .flat_map(|r| inputs::<T>(ReduceOp::Sum, r, counts[r]))
+                        .collect();
                     let mut out = sentinel::<T>(want.len());
-                    match self.comm.all_gather_v(&inputs::<T>(ReduceOp::Sum, me, counts[me]), &mut out, &counts) {
+                    match self.comm.all_gather_v(
+                        &inputs::<T>(ReduceOp::Sum, me, counts[me]),
+                        &mut out,
+                        &counts,
+                    ) {
                         Ok(()) => self.check(tag("v".into()), &out, &want),
                         Err(e) => self.fail(tag("v".into()), e),
                     }
@@ -158,8 +190,9 @@ impl Sweep<'_> {
                     for root in roots(n) {
                         let counts = uneven(n, count);
                         for (v, counts) in [(false, vec![count; n]), (true, counts)] {
-                            let want: Vec<T> =
-                                (0..n).flat_map(|r| inputs::<T>(ReduceOp::Sum, r, counts[r])).collect();
+                            let want: Vec<T> = (0..n)
+                                .flat_map(|r| inputs::<T>(ReduceOp::Sum, r, counts[r]))
+                                .collect();
                             let mut out = sentinel::<T>(if me == root { want.len() } else { 0 });
                             let send = inputs::<T>(ReduceOp::Sum, me, counts[me]);
                             let res = if v {
@@ -168,7 +201,9 @@ impl Sweep<'_> {
                                 self.comm.gather(&send, &mut out, root)
                             };
                             match res {
-                                Ok(()) if me == root => self.check(tag(format!("v={v} root={root}")), &out, &want),
+                                Ok(()) if me == root => {
+                                    self.check(tag(format!("v={v} root={root}")), &out, &want)
+                                }
                                 Ok(()) => {}
                                 Err(e) => self.fail(tag(format!("v={v} root={root}")), e),
                             }
@@ -190,7 +225,11 @@ impl Sweep<'_> {
                                 self.comm.scatter(&send, &mut out, root)
                             };
                             match res {
-                                Ok(()) => self.check(tag(format!("v={v} root={root}")), &out, &full[at..at + counts[me]]),
+                                Ok(()) => self.check(
+                                    tag(format!("v={v} root={root}")),
+                                    &out,
+                                    &full[at..at + counts[me]],
+                                ),
                                 Err(e) => self.fail(tag(format!("v={v} root={root}")), e),
                             }
                         }
@@ -198,9 +237,15 @@ impl Sweep<'_> {
                 }
                 Collective::AllToAll => {
                     // Element k of the block from i to j depends on i, j and k.
-                    let elem = |i: usize, j: usize, k: usize| T::from_i64(((i * 10 + j) % 50 + k % 7) as i64);
-                    let send: Vec<T> = (0..n).flat_map(|j| (0..count).map(move |k| elem(me, j, k))).collect();
-                    let want: Vec<T> = (0..n).flat_map(|i| (0..count).map(move |k| elem(i, me, k))).collect();
+                    let elem = |i: usize, j: usize, k: usize| {
+                        T::from_i64(((i * 10 + j) % 50 + k % 7) as i64)
+                    };
+                    let send: Vec<T> = (0..n)
+                        .flat_map(|j| (0..count).map(move |k| elem(me, j, k)))
+                        .collect();
+                    let want: Vec<T> = (0..n)
+                        .flat_map(|i| (0..count).map(move |k| elem(i, me, k)))
+                        .collect();
                     let mut out = sentinel::<T>(want.len());
                     match self.comm.all_to_all(&send, &mut out) {
                         Ok(()) => self.check(tag(String::new()), &out, &want),
@@ -210,10 +255,16 @@ impl Sweep<'_> {
                     let c = |i: usize, j: usize| (i + 2 * j + count) % 5;
                     let send_counts: Vec<usize> = (0..n).map(|j| c(me, j)).collect();
                     let recv_counts: Vec<usize> = (0..n).map(|i| c(i, me)).collect();
-                    let send: Vec<T> = (0..n).flat_map(|j| (0..c(me, j)).map(move |k| elem(me, j, k))).collect();
-                    let want: Vec<T> = (0..n).flat_map(|i| (0..c(i, me)).map(move |k| elem(i, me, k))).collect();
+                    let send: Vec<T> = (0..n)
+                        .flat_map(|j| (0..c(me, j)).map(move |k| elem(me, j, k)))
+                        .collect();
+                    let want: Vec<T> = (0..n)
+                        .flat_map(|i| (0..c(i, me)).map(move |k| elem(i, me, k)))
+                        .collect();
                     let mut out = sentinel::<T>(want.len());
-                    let res = self.comm.all_to_all_v(&send, &send_counts, &mut out, &recv_counts);
+                    let res = self
+                        .comm
+                        .all_to_all_v(&send, &send_counts, &mut out, &recv_counts);
                     match (algo, res) {
                         // Star needs every rank's counts at the root; -v calls only know their own.
                         (Algorithm::Star, Err(e)) if e.kind() == braid::ErrorKind::Unsupported => {}
@@ -239,7 +290,10 @@ fn roots(n: usize) -> Vec<usize> {
 
 fn sweep(n: usize, collectives: &[Collective], all_dtypes: bool) {
     let failures = run_local(n, Config::default(), |comm| {
-        let mut s = Sweep { comm, failures: Vec::new() };
+        let mut s = Sweep {
+            comm,
+            failures: Vec::new(),
+        };
         for &c in collectives {
             for &algo in c.algorithms() {
                 s.comm.set_algorithm(c, Some(algo)).unwrap();
@@ -268,11 +322,20 @@ fn sweep(n: usize, collectives: &[Collective], all_dtypes: bool) {
         failures.is_empty(),
         "{} failures, first ones:\n{}",
         failures.len(),
-        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
-const REDUCING: [Collective; 3] = [Collective::AllReduce, Collective::Reduce, Collective::ReduceScatter];
+const REDUCING: [Collective; 3] = [
+    Collective::AllReduce,
+    Collective::Reduce,
+    Collective::ReduceScatter,
+];
 const MOVING: [Collective; 6] = [
     Collective::Broadcast,
     Collective::AllGather,
@@ -307,17 +370,29 @@ fn automatic_choice_is_exact_at_every_size_class() {
         for &count in &counts {
             let me = comm.rank();
             let mut out = vec![0f32; count];
-            comm.all_reduce(&inputs::<f32>(ReduceOp::Sum, me, count), &mut out, ReduceOp::Sum).unwrap();
+            comm.all_reduce(
+                &inputs::<f32>(ReduceOp::Sum, me, count),
+                &mut out,
+                ReduceOp::Sum,
+            )
+            .unwrap();
             if out != reduced::<f32>(ReduceOp::Sum, 4, count, 0) {
                 bad.push(format!("all_reduce count {count}"));
             }
             let mut out = vec![0i32; count * 4];
-            comm.all_gather(&inputs::<i32>(ReduceOp::Sum, me, count), &mut out).unwrap();
-            let want: Vec<i32> = (0..4).flat_map(|r| inputs::<i32>(ReduceOp::Sum, r, count)).collect();
+            comm.all_gather(&inputs::<i32>(ReduceOp::Sum, me, count), &mut out)
+                .unwrap();
+            let want: Vec<i32> = (0..4)
+                .flat_map(|r| inputs::<i32>(ReduceOp::Sum, r, count))
+                .collect();
             if out != want {
                 bad.push(format!("all_gather count {count}"));
             }
-            let mut buf = if me == 2 { inputs::<u8>(ReduceOp::Sum, 2, count) } else { vec![0; count] };
+            let mut buf = if me == 2 {
+                inputs::<u8>(ReduceOp::Sum, 2, count)
+            } else {
+                vec![0; count]
+            };
             comm.broadcast(&mut buf, 2).unwrap();
             if buf != inputs::<u8>(ReduceOp::Sum, 2, count) {
                 bad.push(format!("broadcast count {count}"));
@@ -338,7 +413,10 @@ fn point_to_point_in_a_ring_and_to_self() {
         let send: Vec<u64> = (0..1000).map(|i| (me * 1000 + i) as u64).collect();
         let mut got = vec![0u64; 1000];
         comm.send_recv(&send, right, &mut got, left).unwrap();
-        let ok_ring = got.iter().enumerate().all(|(i, v)| *v == (left * 1000 + i) as u64);
+        let ok_ring = got
+            .iter()
+            .enumerate()
+            .all(|(i, v)| *v == (left * 1000 + i) as u64);
         // Plain send/recv: even ranks send first, odd ranks receive first.
         let mut got2 = vec![0i32; 17];
         let mine = vec![me as i32; 17];

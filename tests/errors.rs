@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use braid::{local_group_with, run_local, Algorithm, Collective, Config, Error, ErrorKind, ReduceOp};
+use braid::{
+    local_group_with, run_local, Algorithm, Collective, Config, Error, ErrorKind, ReduceOp,
+};
 
 fn short_timeout() -> Config {
     Config::default().with_timeout(Duration::from_millis(300))
@@ -31,26 +33,98 @@ fn on_rank<R>(rank: usize, f: impl FnOnce(&mut braid::Communicator) -> R) -> R {
 #[test]
 fn buffer_lengths_that_disagree_with_the_collective() {
     on_rank(1, |c| {
-        let e = c.all_reduce(&[1.0f32; 8], &mut [0.0; 5], ReduceOp::Sum).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "all_reduce", 1, &["recv buffer has 5 elements, expected 8"]);
+        let e = c
+            .all_reduce(&[1.0f32; 8], &mut [0.0; 5], ReduceOp::Sum)
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "all_reduce",
+            1,
+            &["recv buffer has 5 elements, expected 8"],
+        );
         let e = c.all_gather(&[1u8; 3], &mut [0u8; 11]).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "all_gather", 1, &["recv buffer has 11 elements, expected 12"]);
-        let e = c.reduce_scatter(&[1i32; 7], &mut [0; 2], ReduceOp::Sum).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "reduce_scatter", 1, &["send buffer has 7 elements, expected 8"]);
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "all_gather",
+            1,
+            &["recv buffer has 11 elements, expected 12"],
+        );
+        let e = c
+            .reduce_scatter(&[1i32; 7], &mut [0; 2], ReduceOp::Sum)
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "reduce_scatter",
+            1,
+            &["send buffer has 7 elements, expected 8"],
+        );
         let e = c.gather(&[1i64; 2], &mut [0; 7], 1).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "gather", 1, &["recv buffer has 7 elements, expected 8"]);
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "gather",
+            1,
+            &["recv buffer has 7 elements, expected 8"],
+        );
         let e = c.scatter(&[1u32; 7], &mut [0; 2], 1).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "scatter", 1, &["send buffer has 7 elements, expected 8"]);
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "scatter",
+            1,
+            &["send buffer has 7 elements, expected 8"],
+        );
         let e = c.all_to_all(&[0f64; 6], &mut [0.0; 6]).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "all_to_all", 1, &["not a multiple of the 4 ranks", "all_to_all_v"]);
-        let e = c.all_gather_v(&[1u8; 2], &mut [0u8; 3], &[1, 2]).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "all_gather_v", 1, &["2 counts given for 4 ranks"]);
-        let e = c.all_gather_v(&[1u8; 1], &mut [0u8; 6], &[1, 2, 1, 2]).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "all_gather_v", 1, &["send buffer has 1 elements, expected 2"]);
-        let e = c.all_to_all_v(&[1u8; 3], &[1, 1, 1, 1], &mut [0u8; 4], &[1, 1, 1, 1]).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "all_to_all_v", 1, &["send buffer has 3 elements, expected 4"]);
-        let e = c.reduce(&[1.0f64; 4], &mut [0.0; 3], ReduceOp::Max, 1).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "reduce", 1, &["recv buffer has 3 elements, expected 4"]);
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "all_to_all",
+            1,
+            &["not a multiple of the 4 ranks", "all_to_all_v"],
+        );
+        let e = c
+            .all_gather_v(&[1u8; 2], &mut [0u8; 3], &[1, 2])
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "all_gather_v",
+            1,
+            &["2 counts given for 4 ranks"],
+        );
+        let e = c
+            .all_gather_v(&[1u8; 1], &mut [0u8; 6], &[1, 2, 1, 2])
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "all_gather_v",
+            1,
+            &["send buffer has 1 elements, expected 2"],
+        );
+        let e = c
+            .all_to_all_v(&[1u8; 3], &[1, 1, 1, 1], &mut [0u8; 4], &[1, 1, 1, 1])
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "all_to_all_v",
+            1,
+            &["send buffer has 3 elements, expected 4"],
+        );
+        let e = c
+            .reduce(&[1.0f64; 4], &mut [0.0; 3], ReduceOp::Max, 1)
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "reduce",
+            1,
+            &["recv buffer has 3 elements, expected 4"],
+        );
     });
 }
 
@@ -58,23 +132,59 @@ fn buffer_lengths_that_disagree_with_the_collective() {
 fn root_and_peer_out_of_range() {
     on_rank(2, |c| {
         let e = c.broadcast(&mut [0u8; 4], 4).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "broadcast", 2, &["root 4 is out of range", "0..=3"]);
-        let e = c.reduce(&[1.0f32], &mut [0.0], ReduceOp::Sum, 9).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "reduce", 2, &["root 9 is out of range"]);
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "broadcast",
+            2,
+            &["root 4 is out of range", "0..=3"],
+        );
+        let e = c
+            .reduce(&[1.0f32], &mut [0.0], ReduceOp::Sum, 9)
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "reduce",
+            2,
+            &["root 9 is out of range"],
+        );
         let e = c.gather(&[1u8], &mut [], 17).unwrap_err();
         assert_error(&e, ErrorKind::InvalidArgument, "gather", 2, &["root 17"]);
         let e = c.send(&[1u8], 4).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "send", 2, &["peer 4 is out of range"]);
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "send",
+            2,
+            &["peer 4 is out of range"],
+        );
     });
 }
 
 #[test]
 fn an_op_the_dtype_does_not_support() {
     on_rank(0, |c| {
-        let e = c.all_reduce(&[1i32; 4], &mut [0; 4], ReduceOp::Avg).unwrap_err();
-        assert_error(&e, ErrorKind::Unsupported, "all_reduce", 0, &["avg", "i32", "use sum"]);
-        let e = c.reduce_scatter(&[1u8; 4], &mut [0; 1], ReduceOp::Avg).unwrap_err();
-        assert_error(&e, ErrorKind::Unsupported, "reduce_scatter", 0, &["avg", "u8"]);
+        let e = c
+            .all_reduce(&[1i32; 4], &mut [0; 4], ReduceOp::Avg)
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::Unsupported,
+            "all_reduce",
+            0,
+            &["avg", "i32", "use sum"],
+        );
+        let e = c
+            .reduce_scatter(&[1u8; 4], &mut [0; 1], ReduceOp::Avg)
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::Unsupported,
+            "reduce_scatter",
+            0,
+            &["avg", "u8"],
+        );
     });
 }
 
@@ -82,11 +192,23 @@ fn an_op_the_dtype_does_not_support() {
 fn send_to_self_without_a_matching_receive() {
     on_rank(3, |c| {
         let e = c.send(&[1.0f32; 2], 3).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "send", 3, &["own rank 3", "send_recv"]);
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "send",
+            3,
+            &["own rank 3", "send_recv"],
+        );
         let e = c.recv(&mut [0.0f32; 2], 3).unwrap_err();
         assert_error(&e, ErrorKind::InvalidArgument, "recv", 3, &["own rank 3"]);
         let e = c.send_recv(&[1u8], 3, &mut [0u8], 0).unwrap_err();
-        assert_error(&e, ErrorKind::InvalidArgument, "send_recv", 3, &["one side only"]);
+        assert_error(
+            &e,
+            ErrorKind::InvalidArgument,
+            "send_recv",
+            3,
+            &["one side only"],
+        );
     });
 }
 
@@ -95,12 +217,27 @@ fn a_forced_algorithm_that_does_not_support_the_call() {
     // Star routes all-to-all through rank 0, which needs every rank's counts;
     // all_to_all_v ranks only know their own.
     on_rank(1, |c| {
-        c.set_algorithm(Collective::AllToAll, Some(Algorithm::Star)).unwrap();
-        let e = c.all_to_all_v(&[1u8; 4], &[1, 1, 1, 1], &mut [0u8; 4], &[1, 1, 1, 1]).unwrap_err();
-        assert_error(&e, ErrorKind::Unsupported, "all_to_all_v", 1, &["algorithm star", "forced", "pairwise"]);
-        let e = c.set_algorithm(Collective::AllToAll, Some(Algorithm::Ring)).unwrap_err();
+        c.set_algorithm(Collective::AllToAll, Some(Algorithm::Star))
+            .unwrap();
+        let e = c
+            .all_to_all_v(&[1u8; 4], &[1, 1, 1, 1], &mut [0u8; 4], &[1, 1, 1, 1])
+            .unwrap_err();
+        assert_error(
+            &e,
+            ErrorKind::Unsupported,
+            "all_to_all_v",
+            1,
+            &["algorithm star", "forced", "pairwise"],
+        );
+        let e = c
+            .set_algorithm(Collective::AllToAll, Some(Algorithm::Ring))
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
-        assert!(e.to_string().contains("valid for all_to_all: pairwise, linear, star"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("valid for all_to_all: pairwise, linear, star"),
+            "{e}"
+        );
     });
 }
 
@@ -122,7 +259,17 @@ fn ranks_calling_different_collectives_get_a_mismatch_not_corrupt_data() {
     })
     .unwrap();
     let e = results[0].as_ref().unwrap_err();
-    assert_error(e, ErrorKind::Mismatch, "all_reduce", 0, &["rank 1 is in broadcast #0", "root 1", "called all_reduce #0"]);
+    assert_error(
+        e,
+        ErrorKind::Mismatch,
+        "all_reduce",
+        0,
+        &[
+            "rank 1 is in broadcast #0",
+            "root 1",
+            "called all_reduce #0",
+        ],
+    );
     assert_eq!(e.peers(), &[1]);
 }
 
@@ -137,14 +284,20 @@ fn ranks_with_different_counts_get_a_mismatch() {
     assert!(!mismatches.is_empty());
     for e in mismatches {
         assert!(
-            matches!(e.kind(), ErrorKind::Mismatch | ErrorKind::Timeout | ErrorKind::PeerFailed),
+            matches!(
+                e.kind(),
+                ErrorKind::Mismatch | ErrorKind::Timeout | ErrorKind::PeerFailed
+            ),
             "{e}"
         );
     }
     assert!(
-        results.iter().filter_map(|r| r.as_ref().err()).any(|e| e.kind() == ErrorKind::Mismatch
-            && e.to_string().contains("count 5")
-            && e.to_string().contains("count 4")),
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .any(|e| e.kind() == ErrorKind::Mismatch
+                && e.to_string().contains("count 5")
+                && e.to_string().contains("count 4")),
         "{results:?}"
     );
 }
@@ -158,33 +311,52 @@ fn a_silent_peer_is_a_timeout_naming_it() {
             std::thread::sleep(Duration::from_millis(1200));
             return Ok(());
         }
-        c.set_algorithm(Collective::AllReduce, Some(Algorithm::Ring)).unwrap();
+        c.set_algorithm(Collective::AllReduce, Some(Algorithm::Ring))
+            .unwrap();
         c.all_reduce(&[1u64; 64], &mut [0; 64], ReduceOp::Sum)
     })
     .unwrap();
-    for rank in 0..2 {
-        let e = results[rank].as_ref().unwrap_err();
-        assert_error(e, ErrorKind::Timeout, "all_reduce", rank, &["no progress for 0.3 s", "BRAID_TIMEOUT"]);
+    for (rank, result) in results.iter().enumerate().take(2) {
+        let e = result.as_ref().unwrap_err();
+        assert_error(
+            e,
+            ErrorKind::Timeout,
+            "all_reduce",
+            rank,
+            &["no progress for 0.3 s", "BRAID_TIMEOUT"],
+        );
         assert!(!e.peers().is_empty(), "{e}");
     }
-    assert!(results[0].as_ref().unwrap_err().peers().contains(&2) || results[1].as_ref().unwrap_err().peers().contains(&2));
+    assert!(
+        results[0].as_ref().unwrap_err().peers().contains(&2)
+            || results[1].as_ref().unwrap_err().peers().contains(&2)
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
 fn a_dead_peer_is_reported_quickly() {
     let start = Instant::now();
-    let results = run_local(4, Config::default().with_timeout(Duration::from_secs(30)), |c| {
-        if c.rank() == 3 {
-            return None; // its communicator is dropped when the thread ends
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        c.set_algorithm(Collective::AllReduce, Some(Algorithm::Ring)).unwrap();
-        Some(c.all_reduce(&[1.0f32; 1000], &mut [0.0; 1000], ReduceOp::Sum))
-    })
+    let results = run_local(
+        4,
+        Config::default().with_timeout(Duration::from_secs(30)),
+        |c| {
+            if c.rank() == 3 {
+                return None; // its communicator is dropped when the thread ends
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            c.set_algorithm(Collective::AllReduce, Some(Algorithm::Ring))
+                .unwrap();
+            Some(c.all_reduce(&[1.0f32; 1000], &mut [0.0; 1000], ReduceOp::Sum))
+        },
+    )
     .unwrap();
     // Well before the 30 s deadline every survivor has an error.
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     for r in results.iter().take(3) {
         let e = r.as_ref().unwrap().as_ref().unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::PeerFailed), "{e}");

@@ -19,9 +19,7 @@ pub fn even_blocks(count: u64, parts: usize) -> Vec<u64> {
     let parts64 = parts as u64;
     let base = count / parts64;
     let extra = count % parts64;
-    (0..parts64)
-        .map(|i| base + u64::from(i < extra))
-        .collect()
+    (0..parts64).map(|i| base + u64::from(i < extra)).collect()
 }
 
 #[cfg(test)]

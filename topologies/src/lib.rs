@@ -20,7 +20,9 @@ mod plan;
 pub use plan::{Action, BufferId, Plan, Region, Step};
 
 mod sim;
-pub use sim::{simulate, simulate_with_stats, RankData, SimError, SimStats};
+pub use sim::{
+    simulate, simulate_with_stats, RankData, SimError, SimStats, StuckRank, UnmatchedPair,
+};
 
 mod blocks;
 pub use blocks::{block_offsets, even_blocks};
@@ -325,17 +327,11 @@ impl Shape {
 }
 
 /// Tuning knobs that do not change a plan's result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanOptions {
     /// Pipeline chunk in elements for algorithms that pipeline (tree, ring
     /// broadcast); 0 means the algorithm's default.
     pub chunk_elems: u64,
-}
-
-impl Default for PlanOptions {
-    fn default() -> Self {
-        PlanOptions { chunk_elems: 0 }
-    }
 }
 
 /// Why no plan could be made.
@@ -413,7 +409,10 @@ pub fn check_shape(shape: &Shape, rank: usize) -> Result<(), PlanError> {
         _ => false,
     };
     if !counts_ok {
-        return bad(format!("counts {:?} do not fit this collective", shape.counts));
+        return bad(format!(
+            "counts {:?} do not fit this collective",
+            shape.counts
+        ));
     }
     Ok(())
 }
@@ -449,7 +448,9 @@ pub fn generate(
         Algorithm::DoubleBinaryTree => tree::double_binary_plan(shape, rank, options),
         Algorithm::Star => star::plan(shape, rank, options),
         Algorithm::HalvingDoubling => halving_doubling::plan(shape, rank, options),
-        Algorithm::RecursiveDoubling => halving_doubling::recursive_doubling_plan(shape, rank, options),
+        Algorithm::RecursiveDoubling => {
+            halving_doubling::recursive_doubling_plan(shape, rank, options)
+        }
         Algorithm::Bruck => bruck::plan(shape, rank, options),
         Algorithm::Pairwise => pairwise::plan(shape, rank, options),
         Algorithm::Linear => pairwise::linear_plan(shape, rank, options),
@@ -466,7 +467,11 @@ pub fn buffer_lengths(shape: &Shape, rank: usize) -> (u64, u64) {
         Collective::Broadcast => (0, shape.single()),
         Collective::Reduce => (
             shape.single(),
-            if rank == shape.root { shape.single() } else { 0 },
+            if rank == shape.root {
+                shape.single()
+            } else {
+                0
+            },
         ),
         Collective::AllReduce => (shape.single(), shape.single()),
         Collective::Scatter => (

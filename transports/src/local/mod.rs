@@ -323,9 +323,7 @@ mod tests {
     fn wait_returns_at_its_deadline() {
         let mut eps = endpoints(2, 64);
         let start = Instant::now();
-        eps[0]
-            .wait(start + Duration::from_millis(30))
-            .unwrap();
+        eps[0].wait(start + Duration::from_millis(30)).unwrap();
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(30), "{waited:?}");
         assert!(waited < Duration::from_secs(5), "{waited:?}");
