@@ -308,52 +308,111 @@ macro_rules! half_element {
     };
 }
 
+/// Block-wise widening to f32 and back. bf16 converts with plain bit
+/// arithmetic (a loop the compiler vectorises); f16 uses `half`'s slice
+/// conversions, which take the F16C instructions where the CPU has them.
 trait HalfFloat: Copy {
-    fn widen(self) -> f32;
-    fn narrow(v: f32) -> Self;
+    fn widen(src: &[Self], dst: &mut [f32]);
+    fn narrow(src: &[f32], dst: &mut [Self]);
 }
 impl HalfFloat for f16 {
-    fn widen(self) -> f32 {
-        self.to_f32()
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
     }
-    fn narrow(v: f32) -> Self {
-        f16::from_f32(v)
+    #[inline(always)]
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
     }
 }
 impl HalfFloat for bf16 {
-    fn widen(self) -> f32 {
-        self.to_f32()
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+        }
     }
-    fn narrow(v: f32) -> Self {
-        bf16::from_f32(v)
+    #[inline(always)]
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = bf16::from_bits(bf16_bits_rounded(*s));
+        }
     }
 }
 
-fn half_combine<H: HalfFloat>(dst: &mut [H], src: &[H], f: impl Fn(f32, f32) -> f32) {
-    const BLOCK: usize = 256;
+/// f32 to bf16 bits, rounding to nearest even; NaN stays a (quiet) NaN.
+#[inline(always)]
+fn bf16_bits_rounded(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((b >> 16) | 0x40) as u16;
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        quiet_nan
+    } else {
+        rounded
+    }
+}
+
+fn half_combine<H: HalfFloat>(dst: &mut [H], src: &[H], f: impl Fn(f32, f32) -> f32 + Copy) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU supports AVX2 and F16C (checked just above),
+            // the only requirement of calling a `target_feature` function.
+            unsafe { half_combine_avx2(dst, src, f) };
+            return;
+        }
+    }
+    half_combine_portable(dst, src, f)
+}
+
+/// The same loop compiled for AVX2 + F16C, where the widening and narrowing
+/// conversions vectorise (the x86-64 baseline lacks the packing instructions).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn half_combine_avx2<H: HalfFloat>(
+    dst: &mut [H],
+    src: &[H],
+    f: impl Fn(f32, f32) -> f32 + Copy,
+) {
+    half_combine_portable(dst, src, f)
+}
+
+#[inline(always)]
+fn half_combine_portable<H: HalfFloat>(
+    dst: &mut [H],
+    src: &[H],
+    f: impl Fn(f32, f32) -> f32 + Copy,
+) {
+    const BLOCK: usize = 512;
     let mut a = [0f32; BLOCK];
     let mut b = [0f32; BLOCK];
     for (dc, sc) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
         let n = dc.len();
-        for i in 0..n {
-            a[i] = dc[i].widen();
-            b[i] = sc[i].widen();
+        H::widen(dc, &mut a[..n]);
+        H::widen(sc, &mut b[..n]);
+        for (x, y) in a[..n].iter_mut().zip(&b[..n]) {
+            *x = f(*x, *y);
         }
-        for i in 0..n {
-            a[i] = f(a[i], b[i]);
-        }
-        for i in 0..n {
-            dc[i] = H::narrow(a[i]);
-        }
+        H::narrow(&a[..n], dc);
     }
 }
 
 half_element!(f16, F16);
 half_element!(bf16, BF16);
 
-/// Reductions at least this large are split across cores with rayon; below
-/// it one core is faster than the fork-join (see the `reduce` bench).
-pub const PARALLEL_REDUCE_BYTES: usize = 4 << 20;
+/// Reductions at least this large are split across cores with rayon when the
+/// machine has at least [`PARALLEL_REDUCE_MIN_THREADS`] of them. On a 2-vCPU
+/// host the split gained nothing (docs/performance.md): memory bandwidth, not
+/// the core, limits a large reduction, and rank threads already fill the cores.
+pub const PARALLEL_REDUCE_BYTES: usize = 8 << 20;
+
+/// Fewest rayon threads for which a large reduction is split.
+pub const PARALLEL_REDUCE_MIN_THREADS: usize = 4;
 
 /// `dst[i] = op(dst[i], src[i])`. `Avg` folds as `Sum`; the division happens
 /// once at the end of the collective. Large slices are split across cores.
@@ -366,7 +425,8 @@ pub fn reduce_into<T: Element>(op: ReduceOp, dst: &mut [T], src: &[T]) {
         ReduceOp::Max => T::max_into,
     };
     let bytes = std::mem::size_of_val(dst);
-    if bytes >= PARALLEL_REDUCE_BYTES && rayon::current_num_threads() > 1 {
+    if bytes >= PARALLEL_REDUCE_BYTES && rayon::current_num_threads() >= PARALLEL_REDUCE_MIN_THREADS
+    {
         use rayon::prelude::*;
         let per_task = (PARALLEL_REDUCE_BYTES / 4 / std::mem::size_of::<T>()).max(1);
         dst.par_chunks_mut(per_task)
@@ -433,6 +493,39 @@ mod tests {
     }
 
     #[test]
+    fn bf16_rounds_to_nearest_even_like_half() {
+        let samples = [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            std::f32::consts::PI,
+            -2.5e-39,
+            65504.0,
+            3.4e38,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            1.0 + f32::EPSILON,
+        ];
+        for x in samples {
+            assert_eq!(bf16_bits_rounded(x), bf16::from_f32(x).to_bits(), "{x}");
+        }
+        assert!(bf16::from_bits(bf16_bits_rounded(f32::NAN)).is_nan());
+        for bits in (0u32..=u32::MAX).step_by(65_521) {
+            let x = f32::from_bits(bits);
+            if !x.is_nan() {
+                assert_eq!(
+                    bf16_bits_rounded(x),
+                    bf16::from_f32(x).to_bits(),
+                    "{bits:#x}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn integer_sums_wrap() {
         let mut d = [i8::MAX, u8::MAX as i8];
         reduce_into(ReduceOp::Sum, &mut d, &[1, 1]);
@@ -454,7 +547,15 @@ mod tests {
         let n = PARALLEL_REDUCE_BYTES / 4 + 12345;
         let mut d: Vec<i32> = (0..n as i32).collect();
         let s: Vec<i32> = vec![3; n];
-        reduce_into(ReduceOp::Sum, &mut d, &s);
+        // A pool of enough threads takes the split path even on a 2-core host.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(PARALLEL_REDUCE_MIN_THREADS)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            assert!(rayon::current_num_threads() >= PARALLEL_REDUCE_MIN_THREADS);
+            reduce_into(ReduceOp::Sum, &mut d, &s);
+        });
         assert!(d.iter().enumerate().all(|(i, v)| *v == i as i32 + 3));
     }
 

@@ -41,7 +41,9 @@ pub mod select;
 
 pub use communicator::Communicator;
 pub use config::{parse_algorithms, parse_size, Config};
-pub use dtype::{reduce_into, DType, Element, ReduceOp, PARALLEL_REDUCE_BYTES};
+pub use dtype::{
+    reduce_into, DType, Element, ReduceOp, PARALLEL_REDUCE_BYTES, PARALLEL_REDUCE_MIN_THREADS,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use local::{local_group, local_group_with, run_local};
 

@@ -254,7 +254,10 @@ fn ranks_calling_different_collectives_get_a_mismatch_not_corrupt_data() {
         if c.rank() == 0 {
             c.all_reduce(&[1.0f32; 16], &mut [0.0; 16], ReduceOp::Sum)
         } else {
-            c.broadcast(&mut [2.0f32; 16], 1)
+            let r = c.broadcast(&mut [2.0f32; 16], 1);
+            // Stay connected: rank 0 must meet the mismatch, not a dead peer.
+            std::thread::sleep(Duration::from_millis(300));
+            r
         }
     })
     .unwrap();

@@ -1,0 +1,398 @@
+//! Running the rows: one thread per rank over braid's in-process group; the
+//! main thread gathers each rank's samples and reports rows in order as soon
+//! as every rank has finished them.
+
+use std::sync::mpsc;
+use std::time::Instant;
+
+use braid::{
+    bf16, f16, local_group_with, Algorithm, Collective, Communicator, Config, DType, Element,
+    ErrorKind,
+};
+
+use crate::args::{AlgoChoice, Bench, Options, DEFAULT_ITERS, DEFAULT_WARMUP};
+use crate::check::{count_wrong, fill, Values, SENTINEL};
+use crate::layout::{layout, scaled_iters, size_list, Layout};
+use crate::report::{combine, Row, RowContext};
+
+/// One row to measure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowSpec {
+    /// Counts and size.
+    pub layout: Layout,
+    /// The algorithm forced for this row (`None`: the communicator chooses).
+    pub forced: Option<Algorithm>,
+    /// The algorithm the row runs (`None` for send/recv).
+    pub algorithm: Option<Algorithm>,
+    /// Whether `algorithm` is what automatic choice picks at this size.
+    pub auto_choice: bool,
+    /// Untimed calls before the samples.
+    pub warmup: usize,
+    /// Timed calls (samples).
+    pub iters: usize,
+}
+
+/// The rows of a run, in output order: sizes ascending (sizes that round to
+/// the same count appear once), and with `-a all` every algorithm of the
+/// collective per size. `auto` says which algorithm automatic choice takes
+/// for a collective at a size in bytes.
+pub fn plan_rows(o: &Options, auto: impl Fn(Collective, u64) -> Algorithm) -> Vec<RowSpec> {
+    let elem = o.dtype.size();
+    let mut layouts: Vec<Layout> = Vec::new();
+    for s in size_list(o.min_bytes, o.max_bytes, o.factor) {
+        let l = layout(o.bench, s, o.ranks, elem);
+        if layouts.last() != Some(&l) {
+            layouts.push(l);
+        }
+    }
+    let mut rows = Vec::new();
+    for l in layouts {
+        let warmup = scaled_iters(o.warmup, DEFAULT_WARMUP, 1, l.bytes);
+        let iters = scaled_iters(o.iters, DEFAULT_ITERS, 5, l.bytes);
+        let picked = o.bench.collective().map(|c| auto(c, l.bytes));
+        let row = |forced: Option<Algorithm>| RowSpec {
+            layout: l,
+            forced,
+            algorithm: forced.or(picked),
+            auto_choice: forced.is_none() || forced == picked,
+            warmup,
+            iters,
+        };
+        match o.algo {
+            AlgoChoice::Auto => rows.push(row(None)),
+            AlgoChoice::Force(a) => rows.push(row(Some(a))),
+            AlgoChoice::All if o.bench == Bench::SendRecv => rows.push(row(None)),
+            AlgoChoice::All => rows.extend(o.bench.algorithms().iter().map(|&a| row(Some(a)))),
+        }
+    }
+    rows
+}
+
+/// One rank's part of one row.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RankResult {
+    /// Seconds of each timed call on this rank.
+    pub samples: Vec<f64>,
+    /// Wrong output elements on this rank (with `-c`).
+    pub wrong: u64,
+    /// Why the row failed on this rank.
+    pub error: Option<String>,
+    /// Whether the error only follows from a failure elsewhere (a dead peer,
+    /// a row skipped after an earlier failure).
+    pub consequential: bool,
+}
+
+/// Errors raised while the plan is made, before any message moves: every
+/// rank raises them alike, so the group can go on to the next row.
+fn group_survives(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::InvalidArgument | ErrorKind::Unsupported | ErrorKind::Config
+    )
+}
+
+/// Measures every row of `o` in a new in-process group, calling `on_row` for
+/// each finished row in order. Errors only if the group cannot be made.
+pub fn run(o: &Options, config: Config, mut on_row: impl FnMut(&Row)) -> braid::Result<()> {
+    let group = local_group_with(o.ranks, config)?;
+    let rows = plan_rows(o, |c, bytes| group[0].algorithm_for(c, bytes));
+    let ctx = RowContext::new(o, group[0].transport_name());
+    let (tx, rx) = mpsc::channel::<(usize, usize, RankResult)>();
+    std::thread::scope(|s| {
+        for comm in group {
+            let tx = tx.clone();
+            let rows = &rows;
+            std::thread::Builder::new()
+                .name(format!("bench-rank-{}", comm.rank()))
+                .spawn_scoped(s, move || rank_main(o.dtype, comm, rows, o, tx))
+                .expect("spawning a rank thread");
+        }
+        drop(tx);
+        let mut pending: Vec<Vec<Option<RankResult>>> = vec![vec![None; o.ranks]; rows.len()];
+        let mut next = 0;
+        for (row, rank, result) in rx {
+            pending[row][rank] = Some(result);
+            while next < rows.len() && pending[next].iter().all(Option::is_some) {
+                let results: Vec<RankResult> = pending[next]
+                    .iter_mut()
+                    .map(|r| r.take().unwrap_or_default())
+                    .collect();
+                on_row(&combine(&ctx, &rows[next], &results));
+                next += 1;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn rank_main(
+    dtype: DType,
+    comm: Communicator,
+    rows: &[RowSpec],
+    o: &Options,
+    tx: mpsc::Sender<(usize, usize, RankResult)>,
+) {
+    match dtype {
+        DType::F32 => rank_loop::<f32>(comm, rows, o, tx),
+        DType::F64 => rank_loop::<f64>(comm, rows, o, tx),
+        DType::F16 => rank_loop::<f16>(comm, rows, o, tx),
+        DType::BF16 => rank_loop::<bf16>(comm, rows, o, tx),
+        DType::I8 => rank_loop::<i8>(comm, rows, o, tx),
+        DType::U8 => rank_loop::<u8>(comm, rows, o, tx),
+        DType::I32 => rank_loop::<i32>(comm, rows, o, tx),
+        DType::U32 => rank_loop::<u32>(comm, rows, o, tx),
+        DType::I64 => rank_loop::<i64>(comm, rows, o, tx),
+        DType::U64 => rank_loop::<u64>(comm, rows, o, tx),
+    }
+}
+
+fn rank_loop<T: Element>(
+    comm: Communicator,
+    rows: &[RowSpec],
+    o: &Options,
+    tx: mpsc::Sender<(usize, usize, RankResult)>,
+) {
+    let rank = comm.rank();
+    let mut comm = Some(comm);
+    let mut stopped: Option<String> = None;
+    for (i, row) in rows.iter().enumerate() {
+        let result = match comm.as_mut() {
+            None => RankResult {
+                error: stopped.clone(),
+                consequential: true,
+                ..RankResult::default()
+            },
+            Some(c) => match run_row::<T>(c, row, o) {
+                Ok(r) => r,
+                Err(e) => {
+                    if !group_survives(e.kind()) {
+                        // Leave the group at once: peers see a dead peer
+                        // instead of waiting for their deadline.
+                        comm = None;
+                        stopped = Some(format!("not run: rank {rank} left the group after: {e}"));
+                    }
+                    RankResult {
+                        error: Some(e.to_string()),
+                        consequential: e.kind() == ErrorKind::PeerFailed,
+                        ..RankResult::default()
+                    }
+                }
+            },
+        };
+        if tx.send((i, rank, result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// One rank's buffers for one row.
+struct Buffers<T> {
+    send: Vec<T>,
+    recv: Vec<T>,
+}
+
+impl<T: Element> Buffers<T> {
+    fn new(bench: Bench, count: u64, n: usize, rank: usize, root: usize) -> Self {
+        let c = count as usize;
+        let nb = c * n;
+        let on_root = |len: usize| if rank == root { len } else { 0 };
+        let (send, recv) = match bench {
+            Bench::SendRecv => (c, c),
+            Bench::Collective(coll) => match coll {
+                Collective::AllReduce => (c, c),
+                Collective::Broadcast => (0, c),
+                Collective::Reduce => (c, on_root(c)),
+                Collective::AllGather => (c, nb),
+                Collective::ReduceScatter => (nb, c),
+                Collective::Gather => (c, on_root(nb)),
+                Collective::Scatter => (on_root(nb), c),
+                Collective::AllToAll => (nb, nb),
+                Collective::Barrier => (0, 0),
+            },
+        };
+        let zero = T::from_i64(SENTINEL);
+        Buffers {
+            send: vec![zero; send],
+            recv: vec![zero; recv],
+        }
+    }
+
+    fn call(&mut self, comm: &mut Communicator, o: &Options) -> braid::Result<()> {
+        let (send, recv) = (&self.send[..], &mut self.recv[..]);
+        let (n, r) = (comm.size(), comm.rank());
+        match o.bench {
+            Bench::SendRecv => comm.send_recv(send, (r + 1) % n, recv, (r + n - 1) % n),
+            Bench::Collective(c) => match c {
+                Collective::AllReduce => comm.all_reduce(send, recv, o.op),
+                Collective::Broadcast => comm.broadcast(recv, o.root),
+                Collective::Reduce => comm.reduce(send, recv, o.op, o.root),
+                Collective::AllGather => comm.all_gather(send, recv),
+                Collective::ReduceScatter => comm.reduce_scatter(send, recv, o.op),
+                Collective::Gather => comm.gather(send, recv, o.root),
+                Collective::Scatter => comm.scatter(send, recv, o.root),
+                Collective::AllToAll => comm.all_to_all(send, recv),
+                Collective::Barrier => comm.barrier(),
+            },
+        }
+    }
+}
+
+/// Measures one row on this rank: with `-c` one checked call on fresh
+/// buffers, then the warm-up calls, then the samples (each a barrier and one
+/// timed call; barrier itself is timed without a barrier before it).
+fn run_row<T: Element>(
+    comm: &mut Communicator,
+    row: &RowSpec,
+    o: &Options,
+) -> braid::Result<RankResult> {
+    let (n, rank) = (comm.size(), comm.rank());
+    if let (Some(c), Some(a)) = (o.bench.collective(), row.forced) {
+        comm.set_algorithm(c, Some(a))?;
+    }
+    let count = row.layout.count;
+    let values = Values::new(o.bench, o.op, o.dtype, n);
+    let mut bufs = Buffers::<T>::new(o.bench, count, n, rank, o.root);
+    fill(&values, rank, &mut bufs.send);
+    if o.bench == Bench::Collective(Collective::Broadcast) && rank == o.root {
+        fill(&values, rank, &mut bufs.recv);
+    }
+    let mut result = RankResult::default();
+    if o.check {
+        bufs.call(comm, o)?;
+        result.wrong = count_wrong(&values, o.bench, n, rank, o.root, count, &bufs.recv);
+    }
+    for _ in 0..row.warmup {
+        bufs.call(comm, o)?;
+    }
+    let barrier_first = o.bench != Bench::Collective(Collective::Barrier);
+    result.samples.reserve(row.iters);
+    for _ in 0..row.iters {
+        if barrier_first {
+            comm.barrier()?;
+        }
+        let t = Instant::now();
+        bufs.call(comm, o)?;
+        result.samples.push(t.elapsed().as_secs_f64());
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::parse;
+
+    fn auto(c: Collective, bytes: u64) -> Algorithm {
+        braid::select::choose(c, bytes, 4)
+    }
+
+    #[test]
+    fn auto_rows_name_the_choice() {
+        let o = parse(["all_reduce", "-b", "8", "-e", "1M", "-f", "32"]).unwrap();
+        let rows = plan_rows(&o, auto);
+        let got: Vec<(u64, Option<Algorithm>)> =
+            rows.iter().map(|r| (r.layout.bytes, r.algorithm)).collect();
+        assert_eq!(
+            got,
+            [
+                (8, Some(Algorithm::RecursiveDoubling)),
+                (256, Some(Algorithm::RecursiveDoubling)),
+                (8192, Some(Algorithm::RecursiveDoubling)),
+                (262144, Some(Algorithm::HalvingDoubling)),
+            ]
+        );
+        assert!(rows.iter().all(|r| r.auto_choice && r.forced.is_none()));
+        assert!(rows.iter().all(|r| (r.warmup, r.iters) == (5, 20)));
+    }
+
+    #[test]
+    fn all_gives_a_row_per_algorithm_and_marks_auto() {
+        let o = parse(["all_gather", "-b", "8", "-e", "16", "-f", "2", "-a", "all"]).unwrap();
+        let rows = plan_rows(&o, auto);
+        // 8 B and 16 B both round to one f32 per block at 4 ranks: one size.
+        assert_eq!(rows.len(), Collective::AllGather.algorithms().len());
+        assert!(rows.iter().all(|r| r.layout
+            == Layout {
+                count: 1,
+                bytes: 16
+            }));
+        let marked: Vec<Algorithm> = rows
+            .iter()
+            .filter(|r| r.auto_choice)
+            .filter_map(|r| r.algorithm)
+            .collect();
+        assert_eq!(marked, [Algorithm::Bruck]);
+    }
+
+    #[test]
+    fn large_rows_take_fewer_calls_unless_asked() {
+        let o = parse(["broadcast", "-b", "64M", "-e", "64M"]).unwrap();
+        let r = &plan_rows(&o, auto)[0];
+        assert_eq!((r.warmup, r.iters), (1, 5));
+        let o = parse(["broadcast", "-b", "64M", "-e", "64M", "-n", "3", "-w", "2"]).unwrap();
+        let r = &plan_rows(&o, auto)[0];
+        assert_eq!((r.warmup, r.iters), (2, 3));
+    }
+
+    #[test]
+    fn send_recv_and_barrier_rows() {
+        let o = parse(["send_recv", "-a", "all", "-e", "64"]).unwrap();
+        let rows = plan_rows(&o, auto);
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.algorithm.is_none()));
+        let o = parse(["barrier", "-a", "all"]).unwrap();
+        let rows = plan_rows(&o, auto);
+        assert_eq!(
+            rows.len(),
+            Collective::Barrier.algorithms().len(),
+            "one size for barrier"
+        );
+    }
+
+    #[test]
+    fn refused_calls_fail_their_rows_and_the_group_goes_on() {
+        // parse() refuses avg on integers; braid must refuse it too, on every
+        // rank alike, so every row reports the error and none hangs.
+        let mut o = parse(["all_reduce", "--ranks", "3", "-e", "128", "-c"]).unwrap();
+        (o.dtype, o.op) = (DType::I32, braid::ReduceOp::Avg);
+        let mut rows = Vec::new();
+        run(&o, Config::default(), |r| rows.push(r.clone())).unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in &rows {
+            let e = r.error.as_deref().unwrap_or_default();
+            assert!(e.contains("avg") && e.contains("unsupported"), "{r:?}");
+            assert!(r.time_us.is_nan() && r.wrong.is_none());
+        }
+    }
+
+    #[test]
+    fn a_small_run_checks_clean() {
+        let o = parse([
+            "reduce_scatter",
+            "--ranks",
+            "3",
+            "-b",
+            "8",
+            "-e",
+            "4K",
+            "-c",
+            "-d",
+            "bf16",
+            "-o",
+            "avg",
+            "-n",
+            "2",
+            "-w",
+            "1",
+        ])
+        .unwrap();
+        let mut rows = Vec::new();
+        run(&o, Config::default(), |r| rows.push(r.clone())).unwrap();
+        assert_eq!(rows.len(), 5);
+        for r in &rows {
+            assert_eq!(r.error, None);
+            assert_eq!(r.wrong, Some(0));
+            assert!(r.time_us > 0.0);
+        }
+    }
+}
