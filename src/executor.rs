@@ -411,6 +411,17 @@ fn transport_error(e: TransportError, plan: &Plan, step: usize) -> Error {
         TransportError::PeerClosed { peer } => (ErrorKind::PeerFailed, peer),
         TransportError::NoSuchPeer { peer, .. } => (ErrorKind::InvalidArgument, peer),
         TransportError::Io { peer, .. } => (ErrorKind::Transport, peer),
+        TransportError::Setup { .. } => {
+            return Error::new(
+                ErrorKind::Transport,
+                format!(
+                    "{e} (step {} of {}, algorithm {})",
+                    step + 1,
+                    plan.steps.len(),
+                    plan.algorithm
+                ),
+            );
+        }
     };
     Error::new(
         kind,

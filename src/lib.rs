@@ -36,8 +36,11 @@ mod config;
 mod dtype;
 mod error;
 mod executor;
+mod init;
+pub mod launch;
 mod local;
 pub mod select;
+pub mod store;
 
 pub use communicator::Communicator;
 pub use config::{parse_algorithms, parse_size, Config};
@@ -45,6 +48,7 @@ pub use dtype::{
     reduce_into, DType, Element, ReduceOp, PARALLEL_REDUCE_BYTES, PARALLEL_REDUCE_MIN_THREADS,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use init::init_logging;
 pub use local::{local_group, local_group_with, run_local};
 
 pub use braid_topologies::{Algorithm, Collective, Plan};

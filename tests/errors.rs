@@ -316,7 +316,11 @@ fn a_silent_peer_is_a_timeout_naming_it() {
         }
         c.set_algorithm(Collective::AllReduce, Some(Algorithm::Ring))
             .unwrap();
-        c.all_reduce(&[1u64; 64], &mut [0; 64], ReduceOp::Sum)
+        let r = c.all_reduce(&[1u64; 64], &mut [0; 64], ReduceOp::Sum);
+        // Stay connected until rank 2 is done, so that no rank meets a dead
+        // peer instead of the silent one.
+        std::thread::sleep(Duration::from_millis(1300).saturating_sub(start.elapsed()));
+        r
     })
     .unwrap();
     for (rank, result) in results.iter().enumerate().take(2) {

@@ -13,7 +13,9 @@ collectives: all_reduce all_gather broadcast reduce reduce_scatter gather
              scatter all_to_all send_recv barrier
 
 options:
-  --ranks N                  ranks, as threads of this process (default 4)
+  --ranks N                  ranks, as threads of this process; without it, under a
+                             launcher (braid-run, torchrun, srun, mpirun) this process
+                             is one rank and rank 0 prints; otherwise 4 threads
   -b, --minbytes SIZE        smallest size (default 8)
   -e, --maxbytes SIZE        largest size (default 16M)
   -f, --stepfactor F         multiply the size by F from one row to the next (default 4, >= 2)
@@ -125,8 +127,11 @@ pub enum AlgoChoice {
 pub struct Options {
     /// What to measure.
     pub bench: Bench,
-    /// Ranks in the in-process group.
+    /// Ranks in the in-process group (or, under a launcher, the job's size).
     pub ranks: usize,
+    /// Whether `--ranks` was given: without it, a launcher's environment
+    /// (braid-run, torchrun, Slurm, Open MPI, PMI) makes this process one rank.
+    pub ranks_from_flag: bool,
     /// Smallest size in bytes.
     pub min_bytes: u64,
     /// Largest size in bytes.
@@ -162,6 +167,7 @@ impl Options {
         Options {
             bench,
             ranks: 4,
+            ranks_from_flag: false,
             min_bytes: 8,
             max_bytes: 16 << 20,
             factor: 4,
@@ -250,7 +256,10 @@ where
             "-h" | "--help" => return Err(ArgError::Help),
             "-c" | "--check" => o.check = true,
             "--json" => o.json = true,
-            "--ranks" => o.ranks = number(flag, &value()?)?,
+            "--ranks" => {
+                o.ranks = number(flag, &value()?)?;
+                o.ranks_from_flag = true;
+            }
             "-b" | "--minbytes" => o.min_bytes = size(flag, &value()?)?,
             "-e" | "--maxbytes" => o.max_bytes = size(flag, &value()?)?,
             "-f" | "--stepfactor" => o.factor = number(flag, &value()?)?,

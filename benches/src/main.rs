@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use braid_bench::args::{parse, AlgoChoice, ArgError, USAGE};
 use braid_bench::report::{format_row, header, Summary};
-use braid_bench::run::run;
+use braid_bench::run::{run, run_distributed};
 
 fn main() -> ExitCode {
     let o = match parse(std::env::args().skip(1)) {
@@ -27,14 +27,32 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Under a launcher (and without --ranks) this process is one rank.
+    let launched = !o.ranks_from_flag && braid::launch::detect().is_ok();
+    let comm = if launched {
+        match braid::Communicator::from_env() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("braid-bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let mut o = o;
+    let prints = comm.as_ref().is_none_or(|c| c.rank() == 0);
+    if let Some(c) = &comm {
+        o.ranks = c.size();
+    }
     let mut out = std::io::stdout().lock();
-    if !o.json {
-        // The in-process group's transport; a launcher-started run will name its own.
-        let _ = write!(out, "{}", header(&o, "local"));
+    if !o.json && prints {
+        let transport = comm.as_ref().map_or("local", |c| c.transport_name());
+        let _ = write!(out, "{}", header(&o, transport));
     }
     let mut summary = Summary::default();
     let mark_auto = o.algo == AlgoChoice::All;
-    let result = run(&o, config, |row| {
+    let on_row = |row: &braid_bench::report::Row| {
         summary.add(row);
         let line = if o.json {
             serde_json::to_string(row).expect("rows serialise")
@@ -43,12 +61,16 @@ fn main() -> ExitCode {
         };
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
-    });
+    };
+    let result = match comm {
+        Some(c) => run_distributed(&o, c, on_row),
+        None => run(&o, config, on_row),
+    };
     if let Err(e) = result {
         eprintln!("braid-bench: {e}");
         return ExitCode::FAILURE;
     }
-    if !o.json {
+    if !o.json && prints {
         let _ = write!(out, "{}", summary.footer(o.check));
     }
     if summary.ok() {

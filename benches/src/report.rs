@@ -151,8 +151,13 @@ pub fn header(o: &Options, transport: &str) -> String {
         h.push_str(&s);
         h.push('\n');
     };
+    let placement = if transport == "local" {
+        "as threads of one process"
+    } else {
+        "in separate processes (rank 0 prints)"
+    };
     line(format!(
-        "# braid-bench {}: {} ranks as threads of one process, transport {transport}",
+        "# braid-bench {}: {} ranks {placement}, transport {transport}",
         o.bench, o.ranks
     ));
     let op = if o.bench.reduces() {

@@ -125,6 +125,79 @@ pub fn run(o: &Options, config: Config, mut on_row: impl FnMut(&Row)) -> braid::
     Ok(())
 }
 
+/// Measures every row with this process as one rank of a launched job
+/// (`comm` from [`Communicator::from_env`]); each row's samples are combined
+/// across ranks (slowest rank per sample, wrong elements summed) and rank 0
+/// calls `on_row`. A failure that breaks the group ends the run with its error.
+pub fn run_distributed(
+    o: &Options,
+    mut comm: Communicator,
+    mut on_row: impl FnMut(&Row),
+) -> braid::Result<()> {
+    let mut o = o.clone();
+    o.ranks = comm.size();
+    let rows = plan_rows(&o, |c, bytes| comm.algorithm_for(c, bytes));
+    let ctx = RowContext::new(&o, comm.transport_name());
+    let mut each_row = |comm: &mut Communicator,
+                        i: usize,
+                        result: braid::Result<RankResult>|
+     -> braid::Result<()> {
+        let mine = match result {
+            Ok(r) => r,
+            Err(e) if group_survives(e.kind()) => RankResult {
+                error: Some(e.to_string()),
+                ..RankResult::default()
+            },
+            Err(e) => return Err(e),
+        };
+        // Every rank ran the same row: combine samples and counts at rank 0.
+        let failed = [u64::from(mine.error.is_some())];
+        let mut any_failed = [0u64];
+        comm.all_reduce(&failed, &mut any_failed, braid::ReduceOp::Max)?;
+        let combined = if any_failed[0] == 0 {
+            let mut slowest = vec![0f64; mine.samples.len()];
+            comm.reduce(&mine.samples, &mut slowest, braid::ReduceOp::Max, 0)?;
+            let mut wrong = [0u64];
+            comm.reduce(&[mine.wrong], &mut wrong, braid::ReduceOp::Sum, 0)?;
+            RankResult {
+                samples: slowest,
+                wrong: wrong[0],
+                ..RankResult::default()
+            }
+        } else {
+            RankResult {
+                error: mine.error.or_else(|| Some("failed on another rank".into())),
+                ..RankResult::default()
+            }
+        };
+        if comm.rank() == 0 {
+            on_row(&combine(&ctx, &rows[i], &[combined]));
+        }
+        Ok(())
+    };
+    macro_rules! rows_of {
+        ($t:ty) => {
+            for (i, row) in rows.iter().enumerate() {
+                let result = run_row::<$t>(&mut comm, row, &o);
+                each_row(&mut comm, i, result)?;
+            }
+        };
+    }
+    match o.dtype {
+        DType::F32 => rows_of!(f32),
+        DType::F64 => rows_of!(f64),
+        DType::F16 => rows_of!(f16),
+        DType::BF16 => rows_of!(bf16),
+        DType::I8 => rows_of!(i8),
+        DType::U8 => rows_of!(u8),
+        DType::I32 => rows_of!(i32),
+        DType::U32 => rows_of!(u32),
+        DType::I64 => rows_of!(i64),
+        DType::U64 => rows_of!(u64),
+    }
+    Ok(())
+}
+
 fn rank_main(
     dtype: DType,
     comm: Communicator,

@@ -19,6 +19,7 @@
 use std::time::Instant;
 
 pub mod local;
+pub mod tcp;
 
 /// Where the memory of a buffer lives; the executor tells transports so that a
 /// GPU transport can copy device to device.
@@ -47,6 +48,13 @@ pub enum TransportError {
         peer: usize,
         /// Ranks in the group.
         size: usize,
+    },
+    /// A failure that concerns no single peer: binding a listener, polling,
+    /// establishing the group as a whole.
+    #[error("transport setup failed: {reason}")]
+    Setup {
+        /// What went wrong and what to do.
+        reason: String,
     },
     /// Anything else the operating system reported.
     #[error("transport failure with peer rank {peer}: {reason}")]

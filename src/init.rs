@@ -1,0 +1,146 @@
+//! Building a communicator across processes: launcher variables, rendezvous
+//! through a store, authenticated TCP connections.
+
+use std::time::Instant;
+
+use braid_transports::tcp::{self, JobAuth, TcpOptions};
+
+use crate::launch::{self, LaunchInfo};
+use crate::store::Store;
+use crate::{Communicator, Config, Error, ErrorKind, Result};
+
+/// Installs a log subscriber for `BRAID_DEBUG` (`info`, `debug`, `trace`, or
+/// any `tracing` filter) unless the program already has one, the way
+/// `NCCL_DEBUG=INFO` works. Called by [`Communicator::from_env`].
+pub fn init_logging() {
+    let Ok(level) = std::env::var("BRAID_DEBUG") else {
+        return;
+    };
+    let filter = match level.to_ascii_lowercase().as_str() {
+        "info" | "debug" | "trace" | "warn" | "error" => {
+            format!(
+                "braid={0},braid_transports={0},braid_topologies={0}",
+                level.to_ascii_lowercase()
+            )
+        }
+        _ => level,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn env_overrides() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("BRAID_"))
+        .collect()
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("no randomness for the job token: {e}"),
+        )
+    })?;
+    Ok(b)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Communicator {
+    /// A communicator for this process, from the launcher's environment:
+    /// torchrun / Kubernetes / braid-run (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
+    /// `MASTER_PORT`, ...), Slurm, Open MPI or PMI. Ranks meet through the
+    /// TCP store served by rank 0 (or `BRAID_STORE=file:///path`) and connect
+    /// to each other over TCP, each connection proving the job token
+    /// (`BRAID_TOKEN`, or one rank 0 makes and shares through the store).
+    pub fn from_env() -> Result<Communicator> {
+        init_logging();
+        let config = Config::from_env()?;
+        let info = launch::detect()?;
+        for (k, v) in env_overrides() {
+            if k != "BRAID_TOKEN" {
+                tracing::info!(rank = info.rank, "{k}={v}");
+            }
+        }
+        let store = launch::store_from_env(&info, config.timeout)?;
+        Communicator::connect(&info, store.as_ref(), config)
+    }
+
+    /// Connects rank `info.rank` of `info.size` to its peers over TCP,
+    /// exchanging addresses and the job's identity through `store`.
+    pub fn connect(info: &LaunchInfo, store: &dyn Store, config: Config) -> Result<Communicator> {
+        let (rank, size) = (info.rank, info.size);
+        let at = |e: Error| e.at("init", 0, rank, size);
+        let deadline = Instant::now() + config.timeout;
+        let options = TcpOptions::from_env().map_err(|e| at(Error::config(e)))?;
+
+        // The job's identity: a random id and, unless BRAID_TOKEN is set, a
+        // random token, both made by rank 0 and shared through the store.
+        let token = match std::env::var("BRAID_TOKEN") {
+            Ok(t) if !t.is_empty() => t.into_bytes(),
+            _ => {
+                if rank == 0 {
+                    store
+                        .set(
+                            "braid/token",
+                            hex(&random_bytes::<32>().map_err(at)?).as_bytes(),
+                        )
+                        .map_err(at)?;
+                }
+                store.get_wait("braid/token", deadline).map_err(at)?
+            }
+        };
+        if rank == 0 {
+            store
+                .set("braid/job", &random_bytes::<8>().map_err(at)?)
+                .map_err(at)?;
+        }
+        let job = store.get_wait("braid/job", deadline).map_err(at)?;
+        let job_id = u64::from_le_bytes(job.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| {
+            at(Error::new(ErrorKind::Transport, "the store holds a malformed job id under braid/job; is another job using the same store?"))
+        })?);
+
+        let listener = tcp::listen(&options)
+            .map_err(|e| at(Error::new(ErrorKind::Transport, e.to_string())))?;
+        let mine: Vec<String> = listener.addresses().iter().map(|a| a.to_string()).collect();
+        tracing::info!(rank, size, addresses = ?mine, sockets_per_peer = options.sockets_per_peer, "listening");
+        store
+            .set(&format!("braid/addr/{rank}"), mine.join(",").as_bytes())
+            .map_err(at)?;
+        let mut peers = Vec::with_capacity(size);
+        for peer in 0..size {
+            let raw = store
+                .get_wait(&format!("braid/addr/{peer}"), deadline)
+                .map_err(at)?;
+            let text = String::from_utf8_lossy(&raw);
+            let addrs = text
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse())
+                .collect::<std::result::Result<Vec<std::net::SocketAddr>, _>>()
+                .map_err(|e| {
+                    at(Error::new(
+                        ErrorKind::Transport,
+                        format!("rank {peer} published unreadable addresses '{text}': {e}"),
+                    ))
+                })?;
+            peers.push(addrs);
+        }
+        let auth = JobAuth { job_id, token };
+        let transport = listener
+            .establish(rank, size, &peers, &auth, &options, deadline)
+            .map_err(|e| {
+                let kind = if Instant::now() >= deadline { ErrorKind::Timeout } else { ErrorKind::Transport };
+                at(Error::new(kind, format!("{e}; check that every rank started and that BRAID_SOCKET_IFNAME picks reachable interfaces")))
+            })?;
+        tracing::info!(rank, size, transport = "tcp", launcher = ?info.launcher, "communicator ready");
+        Ok(Communicator::new(Box::new(transport), config))
+    }
+}
