@@ -19,6 +19,7 @@ options:
   -b, --minbytes SIZE        smallest size (default 8)
   -e, --maxbytes SIZE        largest size (default 16M)
   -f, --stepfactor F         multiply the size by F from one row to the next (default 4, >= 2)
+      --sizes LIST           exactly these sizes instead (e.g. 8,64K,1M,16M,64M)
   -n, --iters N              timed calls per row (default 20; fewer above 16M unless given)
   -w, --warmup_iters N       untimed calls per row first (default 5; fewer above 16M unless given)
   -c, --check                check every element of every result; exit 1 if any is wrong
@@ -138,6 +139,8 @@ pub struct Options {
     pub max_bytes: u64,
     /// Size multiplier between rows (>= 2).
     pub factor: u64,
+    /// Exact sizes (`--sizes 8,64K,1M`), instead of `-b`/`-e`/`-f`.
+    pub sizes: Option<Vec<u64>>,
     /// Timed calls per row; `None` scales the default down for large sizes.
     pub iters: Option<usize>,
     /// Warm-up calls per row; `None` scales the default down for large sizes.
@@ -171,6 +174,7 @@ impl Options {
             min_bytes: 8,
             max_bytes: 16 << 20,
             factor: 4,
+            sizes: None,
             iters: None,
             warmup: None,
             check: false,
@@ -263,6 +267,14 @@ where
             "-b" | "--minbytes" => o.min_bytes = size(flag, &value()?)?,
             "-e" | "--maxbytes" => o.max_bytes = size(flag, &value()?)?,
             "-f" | "--stepfactor" => o.factor = number(flag, &value()?)?,
+            "--sizes" => {
+                let list = value()?;
+                let sizes = list
+                    .split(',')
+                    .map(|s| size(flag, s))
+                    .collect::<Result<Vec<u64>, ArgError>>()?;
+                o.sizes = Some(sizes);
+            }
             "-n" | "--iters" => o.iters = Some(number(flag, &value()?)?),
             "-w" | "--warmup_iters" => o.warmup = Some(number(flag, &value()?)?),
             "-d" | "--datatype" => o.dtype = value()?.parse().map_err(usage)?,
@@ -399,6 +411,9 @@ mod tests {
         assert!(err(&["allreduce"]).contains("valid: all_reduce"));
         assert!(err(&["all_reduce", "--bogus"]).contains("unknown option '--bogus'"));
         assert!(err(&["all_reduce", "-b"]).contains("-b needs a value"));
+        assert!(err(&["all_reduce", "--sizes", "8,x"]).contains("--sizes"));
+        let o = parse(["all_reduce", "--sizes", "8,64K,1M"]).unwrap();
+        assert_eq!(o.sizes, Some(vec![8, 65536, 1 << 20]));
         assert!(err(&["all_reduce", "-b", "8X"]).contains("16M"));
         assert!(err(&["all_reduce", "-n", "many"]).contains("whole number"));
         assert!(err(&["all_reduce", "-n", "0"]).contains("at least 1"));

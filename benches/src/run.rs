@@ -39,7 +39,11 @@ pub struct RowSpec {
 pub fn plan_rows(o: &Options, auto: impl Fn(Collective, u64) -> Algorithm) -> Vec<RowSpec> {
     let elem = o.dtype.size();
     let mut layouts: Vec<Layout> = Vec::new();
-    for s in size_list(o.min_bytes, o.max_bytes, o.factor) {
+    let sizes = match &o.sizes {
+        Some(list) => list.clone(),
+        None => size_list(o.min_bytes, o.max_bytes, o.factor),
+    };
+    for s in sizes {
         let l = layout(o.bench, s, o.ranks, elem);
         if layouts.last() != Some(&l) {
             layouts.push(l);

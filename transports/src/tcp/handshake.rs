@@ -508,6 +508,93 @@ pub fn nonce() -> std::io::Result<[u8; NONCE_BYTES]> {
     Ok(n)
 }
 
+fn fuzz_split(data: &[u8], n: usize) -> (Option<&[u8]>, &[u8]) {
+    match data.get(..n) {
+        Some(head) => (Some(head), &data[n..]),
+        None => (None, &[]),
+    }
+}
+
+/// Checks the handshake's decoding invariants on arbitrary bytes: decoders
+/// return errors, never panic; a decoded frame re-encodes to itself; a hello
+/// that validates meets every rule; a MAC verifies exactly when it is the
+/// honest one. Input layout: `hello (60) ‖ challenge (72) ‖ proof (36) ‖
+/// view (3) ‖ token (rest)`. Used by the `handshake` fuzz target and by the
+/// test that replays its corpus; panics on a violated invariant.
+#[doc(hidden)]
+pub fn fuzz_invariants(data: &[u8]) {
+    // The decoders on the whole input: errors, not panics; any success is
+    // a frame that re-encodes to the same bytes (reserved bytes aside).
+    if let Ok(h) = Hello::decode(data) {
+        assert_eq!(Hello::decode(&h.encode()), Ok(h));
+    }
+    if let Ok(c) = Challenge::decode(data) {
+        assert_eq!(&c.encode()[..], data);
+    }
+    if let Ok(p) = Proof::decode(data) {
+        assert_eq!(&p.encode()[..], data);
+    }
+    if let Ok(a) = Accepted::decode(data) {
+        assert_eq!(&a.encode()[..], data);
+    }
+
+    let (hello, rest) = fuzz_split(data, HELLO_BYTES);
+    let (challenge, rest) = fuzz_split(rest, CHALLENGE_BYTES);
+    let (proof, rest) = fuzz_split(rest, PROOF_BYTES);
+    let (view, token) = fuzz_split(rest, 3);
+    let Some(Ok(h)) = hello.map(Hello::decode) else {
+        return;
+    };
+    let view = view.unwrap_or(&[0, 2, 1]);
+    let view = AcceptorView {
+        job_id: if view[0] & 0x80 == 0 {
+            h.job_id
+        } else {
+            !h.job_id
+        },
+        rank: (view[0] & 0x3f) as usize,
+        size: view[1] as usize,
+        sockets_per_peer: view[2] as usize,
+    };
+    let connected = |r: usize, i: usize| (r * 31 + i) % 5 == 4;
+    match validate_hello(&h, &view, &connected) {
+        Ok(()) => {
+            let (r, i) = (h.rank as usize, h.socket_index as usize);
+            assert_eq!(h.version, PROTOCOL_VERSION);
+            assert_eq!(h.job_id, view.job_id);
+            assert_eq!(h.size as usize, view.size);
+            assert_eq!(h.sockets_per_peer as usize, view.sockets_per_peer);
+            assert!(r > view.rank && r < view.size && i < view.sockets_per_peer);
+            assert!(!connected(r, i));
+        }
+        Err(e) => {
+            // Every refusal explains itself.
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    // An honest challenge verifies; a fuzzed one exactly when its MAC is
+    // the honest MAC for its nonce and rank.
+    let honest = make_challenge(token, &h, view.rank as u32, h.nonce);
+    assert_eq!(verify_challenge(token, &h, &honest, view.rank), Ok(()));
+    let Some(Ok(c)) = challenge.map(Challenge::decode) else {
+        return;
+    };
+    let expected = make_challenge(token, &h, c.acceptor_rank, c.nonce);
+    assert_eq!(
+        verify_challenge(token, &h, &c, c.acceptor_rank as usize).is_ok(),
+        expected.mac == c.mac
+    );
+    let honest_proof = make_proof(token, &h, &c);
+    assert_eq!(verify_proof(token, &h, &c, &honest_proof), Ok(()));
+    if let Some(Ok(p)) = proof.map(Proof::decode) {
+        assert_eq!(
+            verify_proof(token, &h, &c, &p).is_ok(),
+            p.mac == honest_proof.mac
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

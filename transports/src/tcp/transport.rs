@@ -184,17 +184,24 @@ impl std::fmt::Debug for TcpTransport {
 /// on hosts whose cores are shared (the 2-vCPU development VMs time-slice
 /// their vCPUs, so a spinning rank keeps its peer off the CPU and every spin
 /// runs out), or while peers are busy for long. A spin that sees an event
-/// doubles the budget (up to the maximum); one that runs out halves it, down
-/// to none, and then every [`Spin::PROBE_EVERY`]-th wait tries the maximum.
+/// restores the full budget; [`Spin::MISSES_TO_HALVE`] spins in a row that run
+/// out halve it, down to none, and then every [`Spin::PROBE_EVERY`]-th wait
+/// tries the maximum.
 #[derive(Clone, Copy, Debug)]
 struct Spin {
     max: Duration,
     budget: Duration,
     since_probe: u32,
+    /// Spins in a row that ran out.
+    misses: u32,
 }
 
 impl Spin {
     const PROBE_EVERY: u32 = 64;
+    /// Misses in a row before the budget halves: a collective's waits mix
+    /// short ones (a peer's reply) with long ones (a peer still computing),
+    /// and only the short ones decide whether spinning pays.
+    const MISSES_TO_HALVE: u32 = 8;
     const FLOOR: Duration = Duration::from_micros(1);
 
     fn new(max: Duration) -> Self {
@@ -202,6 +209,7 @@ impl Spin {
             max,
             budget: max,
             since_probe: 0,
+            misses: 0,
         }
     }
 
@@ -220,14 +228,21 @@ impl Spin {
 
     /// Whether the last spin, of `spun`, saw an event before it ran out (a
     /// probe that misses leaves the budget at none).
-    fn learn(&mut self, spun: Duration, hit: bool) {
-        self.budget = if hit {
-            (spun * 2).max(Self::FLOOR * 4).min(self.max)
-        } else if self.budget / 2 < Self::FLOOR {
-            Duration::ZERO
-        } else {
-            self.budget / 2
-        };
+    fn learn(&mut self, hit: bool) {
+        if hit {
+            self.budget = self.max;
+            self.misses = 0;
+            return;
+        }
+        self.misses += 1;
+        if self.misses >= Self::MISSES_TO_HALVE {
+            self.misses = 0;
+            self.budget = if self.budget / 2 < Self::FLOOR {
+                Duration::ZERO
+            } else {
+                self.budget / 2
+            };
+        }
     }
 }
 
@@ -652,7 +667,7 @@ impl Transport for TcpTransport {
                 std::hint::spin_loop();
             }
             let hit = !self.events.is_empty();
-            self.spin.learn(budget, hit);
+            self.spin.learn(hit);
             if hit {
                 return Ok(());
             }
@@ -684,28 +699,32 @@ mod tests {
         let step = |s: &mut Spin, hit: bool| {
             let b = s.budget();
             if !b.is_zero() {
-                s.learn(b, hit);
+                s.learn(hit);
             }
             b
         };
         let max = Duration::from_micros(50);
+        let miss_run = Spin::MISSES_TO_HALVE as usize;
         let mut s = Spin::new(max);
-        assert_eq!(step(&mut s, false), max);
+        // A run of misses halves the budget, not a single one.
+        for _ in 0..miss_run {
+            assert_eq!(step(&mut s, false), max);
+        }
         assert_eq!(step(&mut s, false), max / 2);
-        for _ in 0..10 {
+        // A hit in between restores the full spin (latency-bound loops keep it).
+        assert_eq!(step(&mut s, true), max / 2);
+        assert_eq!(step(&mut s, false), max);
+        // Misses only, for long: no spinning, but a probe now and then.
+        for _ in 0..20 * miss_run {
             step(&mut s, false);
         }
-        // No spinning now, but a probe with the full budget now and then.
         let n = 2 * Spin::PROBE_EVERY as usize;
         let spun: Vec<Duration> = (0..n).map(|_| step(&mut s, false)).collect();
         assert_eq!(spun.iter().filter(|b| **b == max).count(), 2);
         assert_eq!(spun.iter().filter(|b| b.is_zero()).count(), n - 2);
-        // A probe that pays brings spinning back; it keeps what pays.
+        // A probe that pays brings spinning back.
         assert!((0..n).any(|_| step(&mut s, true) == max));
         assert_eq!(step(&mut s, false), max);
-        assert_eq!(step(&mut s, false), max / 2);
-        assert_eq!(step(&mut s, true), max / 4);
-        assert_eq!(step(&mut s, true), max / 2);
         let mut never = Spin::new(Duration::ZERO);
         assert!((0..n).all(|_| step(&mut never, false).is_zero()));
     }
