@@ -115,15 +115,8 @@ pub(crate) fn linear_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::tests::{check as check_plans, COUNTS};
+    use crate::tree::tests::{check as check_plans, matrix, COUNTS};
     use crate::{generate, Counts};
-
-    fn matrix(n: usize, count: u64, seed: u64) -> Vec<u64> {
-        (0..(n * n) as u64)
-            .map(|k| (k * 2_654_435_761 + seed * 97 + count) % (count + 1))
-            .map(|v| if (v + seed) % 5 == 0 { 0 } else { v })
-            .collect()
-    }
 
     #[test]
     fn all_to_all_all_n_counts() {

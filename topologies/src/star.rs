@@ -324,15 +324,8 @@ fn all_to_all(plan: &mut Plan, shape: &Shape, rank: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::tests::{block_patterns, check, COUNTS};
+    use crate::tree::tests::{block_patterns, check, matrix, COUNTS};
     use crate::{generate, Counts};
-
-    fn matrix(n: usize, count: u64, seed: u64) -> Vec<u64> {
-        (0..(n * n) as u64)
-            .map(|k| (k * 2_654_435_761 + seed * 97 + count) % (count + 1))
-            .map(|v| if (v + seed) % 5 == 0 { 0 } else { v })
-            .collect()
-    }
 
     #[test]
     fn every_collective_all_n_roots_counts() {

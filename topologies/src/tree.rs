@@ -739,6 +739,15 @@ pub(crate) fn double_binary_plan(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// An n×n all-to-all count matrix with zeros mixed in (shared by the
+    /// star and pairwise tests).
+    pub(crate) fn matrix(n: usize, count: u64, seed: u64) -> Vec<u64> {
+        (0..(n * n) as u64)
+            .map(|k| (k * 2_654_435_761 + seed * 97 + count) % (count + 1))
+            .map(|v| if (v + seed) % 5 == 0 { 0 } else { v })
+            .collect()
+    }
     use crate::{buffer_lengths, generate, sim::simulate_with_stats, Counts, RankData};
 
     /// A value every rank's element can hold so that sums of 17 stay exact.
