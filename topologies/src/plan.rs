@@ -73,6 +73,24 @@ impl fmt::Display for Region {
     }
 }
 
+/// `len` elements of the send buffer from `offset` (generator shorthand).
+pub(crate) fn input(offset: u64, len: u64) -> Region {
+    Region::new(BufferId::Input, offset, len)
+}
+
+/// `len` elements of the receive buffer from `offset` (generator shorthand).
+pub(crate) fn output(offset: u64, len: u64) -> Region {
+    Region::new(BufferId::Output, offset, len)
+}
+
+/// `len` elements of scratch from `offset` (generator shorthand).
+pub(crate) fn scratch(offset: u64, len: u64) -> Region {
+    Region::new(BufferId::Scratch, offset, len)
+}
+
+/// The empty region zero-byte (synchronising) messages name.
+pub(crate) const EMPTY: Region = Region::new(BufferId::Output, 0, 0);
+
 /// One thing a rank does in a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {

@@ -24,24 +24,9 @@
 //! whatever N, and a single step per phase), or when the hub really is
 //! faster than the other ranks; otherwise trees and rings beat it.
 
-use crate::{
-    block_offsets, Action, Algorithm, BufferId, Collective, Plan, PlanError, PlanOptions, Region,
-    Shape,
-};
+use crate::{block_offsets, Action, Algorithm, Collective, Plan, PlanError, PlanOptions, Shape};
 
-fn input(offset: u64, len: u64) -> Region {
-    Region::new(BufferId::Input, offset, len)
-}
-
-fn output(offset: u64, len: u64) -> Region {
-    Region::new(BufferId::Output, offset, len)
-}
-
-fn scratch(offset: u64, len: u64) -> Region {
-    Region::new(BufferId::Scratch, offset, len)
-}
-
-const EMPTY: Region = Region::new(BufferId::Output, 0, 0);
+use crate::plan::{input, output, scratch, EMPTY};
 
 /// `a * b`, or an error saying the scratch the hub needs does not fit 64 bits.
 fn mul(shape: &Shape, a: u64, b: u64) -> Result<u64, PlanError> {

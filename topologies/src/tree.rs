@@ -51,8 +51,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    block_offsets, Action, Algorithm, BufferId, Collective, Plan, PlanError, PlanOptions, Region,
-    Shape,
+    block_offsets, Action, Algorithm, Collective, Plan, PlanError, PlanOptions, Region, Shape,
 };
 
 /// Pipeline chunk (elements) when [`PlanOptions::chunk_elems`] is 0.
@@ -73,19 +72,7 @@ fn chunk_for(len: u64, options: &PlanOptions) -> u64 {
     asked.max(len.div_ceil(MAX_CHUNKS)).max(1)
 }
 
-const EMPTY: Region = Region::new(BufferId::Output, 0, 0);
-
-fn input(offset: u64, len: u64) -> Region {
-    Region::new(BufferId::Input, offset, len)
-}
-
-fn output(offset: u64, len: u64) -> Region {
-    Region::new(BufferId::Output, offset, len)
-}
-
-fn scratch(offset: u64, len: u64) -> Region {
-    Region::new(BufferId::Scratch, offset, len)
-}
+use crate::plan::{input, output, scratch, EMPTY};
 
 fn unsupported(shape: &Shape, algorithm: Algorithm, reason: &str) -> PlanError {
     PlanError::Unsupported {
