@@ -19,6 +19,7 @@
 use std::time::Instant;
 
 pub mod local;
+pub mod shm;
 pub mod tcp;
 
 /// Where the memory of a buffer lives; the executor tells transports so that a

@@ -1,0 +1,512 @@
+//! Every `unsafe` of the shared-memory transport: POSIX shared-memory
+//! segments and their mappings, the layout of the shared headers, the futex
+//! calls, and the raw byte copies in and out of a ring. Everything exported
+//! is safe to call; the single-producer single-consumer discipline of a ring
+//! is enforced by ownership ([`Producer`] and [`Consumer`] are neither `Clone`
+//! nor shared, and the connect protocol hands each role of a ring to exactly
+//! one endpoint).
+
+use std::ffi::CString;
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Marks a ring or doorbell segment of this transport ("BRAIDSHM").
+pub const MAGIC: u64 = 0x4252_4149_4453_484d;
+/// Layout version of the headers below; an opener refuses any other.
+pub const VERSION: u32 = 1;
+/// Where a ring's data area starts in its segment (one page, so the data is
+/// page-aligned and the header never shares a line with it).
+pub const DATA_OFFSET: usize = 4096;
+
+/// One cache line holding `T`, so that fields written by different processes
+/// never share a line.
+#[repr(C, align(64))]
+pub struct Line<T>(pub T);
+
+/// Identity and state of a ring, written by its two ends. Every field is an
+/// atomic integer, so any bit pattern (a stale or garbage segment) is a valid
+/// value: the opener reads it and refuses what does not match.
+#[repr(C, align(64))]
+pub struct RingMeta {
+    /// [`MAGIC`], stored last (Release) by the creator once the rest is set.
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub src: AtomicU32,
+    pub dst: AtomicU32,
+    pub receiver_pid: AtomicU32,
+    pub job_id: AtomicU64,
+    pub ring_bytes: AtomicU64,
+    pub receiver_start: AtomicU64,
+    pub sender_pid: AtomicU32,
+    /// Set (Release) by the sender once it has mapped the ring and stored its
+    /// pid; the receiver then unlinks the name.
+    pub sender_attached: AtomicU32,
+    pub sender_start: AtomicU64,
+    pub sender_closed: AtomicU32,
+    pub receiver_closed: AtomicU32,
+}
+
+/// The header at the start of a ring segment (`src` → `dst`).
+#[repr(C)]
+pub struct RingHeader {
+    pub meta: RingMeta,
+    /// Bytes ever written; only the sender stores it.
+    pub head: Line<AtomicU64>,
+    /// Bytes ever consumed; only the receiver stores it.
+    pub tail: Line<AtomicU64>,
+}
+
+/// The header of a rank's doorbell segment: the futex word its `wait` sleeps
+/// on, rung by every peer that sends to it or frees space it waits for.
+#[repr(C)]
+pub struct BellHeader {
+    pub meta: Line<BellMeta>,
+    pub bell: Line<Bell>,
+}
+
+/// Identity of a doorbell segment.
+#[repr(C)]
+pub struct BellMeta {
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub rank: AtomicU32,
+    pub job_id: AtomicU64,
+    /// Peers that have mapped this doorbell; the owner unlinks the name once
+    /// all have.
+    pub attached: AtomicU32,
+    /// The owner's pid and start time: an opener refuses a doorbell whose
+    /// owner is gone (a stale one).
+    pub owner_pid: AtomicU32,
+    pub owner_start: AtomicU64,
+}
+
+/// The futex word and the count of its sleepers.
+#[repr(C)]
+pub struct Bell {
+    /// Bumped on every ring; the futex word.
+    pub seq: AtomicU32,
+    /// Threads sleeping (or about to) on `seq`; a ring skips the wake-up
+    /// system call while it is 0.
+    pub sleeping: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<RingHeader>() <= DATA_OFFSET);
+const _: () = assert!(std::mem::size_of::<BellHeader>() <= DATA_OFFSET);
+
+impl Bell {
+    /// Tells the owner something changed; wakes it if it sleeps.
+    pub fn ring(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) != 0 {
+            futex_wake(&self.seq);
+        }
+    }
+}
+
+/// A mapped POSIX shared-memory segment, unmapped on drop.
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; all access
+// to it goes through atomics or through the ring discipline of
+// Producer/Consumer, which need `&mut self`.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared references only reach atomics.
+unsafe impl Sync for Mapping {}
+
+fn c_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))
+}
+
+fn map_fd(fd: libc::c_int, len: usize) -> io::Result<Mapping> {
+    // SAFETY: a fresh shared mapping of an open descriptor; the kernel picks
+    // the address; the result is checked before use.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: `fd` is ours and no longer needed: the mapping keeps the memory.
+    unsafe { libc::close(fd) };
+    if ptr == libc::MAP_FAILED {
+        return Err(err);
+    }
+    Ok(Mapping {
+        ptr: ptr.cast(),
+        len,
+    })
+}
+
+impl Mapping {
+    /// Creates segment `name` of `len` bytes, zero-filled; fails with
+    /// `AlreadyExists` when the name is taken.
+    pub fn create(name: &str, len: usize) -> io::Result<Mapping> {
+        let c = c_name(name)?;
+        // SAFETY: `c` is a valid NUL-terminated string.
+        let fd = unsafe {
+            libc::shm_open(
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600 as libc::mode_t,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is the descriptor just opened.
+        if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            let err = io::Error::last_os_error();
+            // SAFETY: as above; the name is ours to remove again.
+            unsafe {
+                libc::close(fd);
+                libc::shm_unlink(c.as_ptr());
+            }
+            return Err(err);
+        }
+        // Reserve the memory now, so that a full /dev/shm is an error here
+        // rather than a SIGBUS on first touch mid-stream. Filesystems without
+        // fallocate keep the sparse segment.
+        // SAFETY: `fd` is the descriptor just opened and sized.
+        let rc = unsafe { libc::posix_fallocate(fd, 0, len as libc::off_t) };
+        if rc == libc::ENOSPC || rc == libc::ENOMEM {
+            // SAFETY: as above.
+            unsafe {
+                libc::close(fd);
+                libc::shm_unlink(c.as_ptr());
+            }
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        map_fd(fd, len).inspect_err(|_| unlink(name))
+    }
+
+    /// Opens existing segment `name`, refusing one shorter than `min_len`
+    /// (`InvalidData`).
+    pub fn open(name: &str, min_len: usize) -> io::Result<Mapping> {
+        let c = c_name(name)?;
+        // SAFETY: `c` is a valid NUL-terminated string.
+        let fd = unsafe { libc::shm_open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is open and `st` is a writable stat.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            let err = io::Error::last_os_error();
+            // SAFETY: `fd` is ours.
+            unsafe { libc::close(fd) };
+            return Err(err);
+        }
+        let len = st.st_size as usize;
+        if len < min_len {
+            // SAFETY: `fd` is ours.
+            unsafe { libc::close(fd) };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("segment {name} holds {len} bytes, expected at least {min_len}"),
+            ));
+        }
+        map_fd(fd, len)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The ring header at the start of the segment.
+    pub fn ring_header(&self) -> &RingHeader {
+        assert!(self.len >= DATA_OFFSET);
+        // SAFETY: the mapping is page-aligned, at least DATA_OFFSET bytes
+        // (>= size_of::<RingHeader>()), lives as long as `self`, and
+        // RingHeader consists of atomics only, valid for any bit pattern and
+        // meant for concurrent access.
+        unsafe { &*(self.ptr as *const RingHeader) }
+    }
+
+    /// The doorbell header at the start of the segment.
+    pub fn bell_header(&self) -> &BellHeader {
+        assert!(self.len >= std::mem::size_of::<BellHeader>());
+        // SAFETY: as for ring_header: aligned, long enough, atomics only.
+        unsafe { &*(self.ptr as *const BellHeader) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are the mapping made in map_fd; nothing borrows
+        // it any more (borrows are tied to `&self`).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Removes segment `name` (ignoring a name already gone).
+pub fn unlink(name: &str) {
+    if let Ok(c) = c_name(name) {
+        // SAFETY: `c` is a valid NUL-terminated string.
+        unsafe { libc::shm_unlink(c.as_ptr()) };
+    }
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout` (spurious
+/// returns are possible). Works across processes (no FUTEX_PRIVATE_FLAG).
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, aligned u32 (in shared memory); `ts` lives
+    // across the call; FUTEX_WAIT only reads both.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Wakes every thread sleeping on `word`.
+pub fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not access it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Whether `pid` names a running (not zombie) process that started at
+/// `start` (clock ticks since boot, field 22 of `/proc/<pid>/stat`; 0 skips
+/// that comparison).
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for the process; it sends nothing.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    match proc_stat(pid) {
+        Some((state, started)) => {
+            !matches!(state, 'Z' | 'X' | 'x') && (start == 0 || started == start)
+        }
+        // The entry is gone (dead), unless there is no /proc at all: then
+        // trust kill.
+        None => !std::path::Path::new("/proc/self").exists(),
+    }
+}
+
+/// The state and start time of process `pid`.
+pub fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state (field 3), start time is field 22: 18 more to skip.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The writing end of a ring.
+pub struct Producer {
+    map: Mapping,
+    cap: usize,
+}
+
+/// The reading end of a ring.
+pub struct Consumer {
+    map: Mapping,
+    cap: usize,
+    /// For elements straddling the wrap point that are too large for the
+    /// stack buffer.
+    scratch: Vec<u8>,
+}
+
+/// Validated ring geometry: the segment holds `DATA_OFFSET + cap` bytes and
+/// `cap` is a power of two.
+fn ring_cap(map: &Mapping) -> Option<usize> {
+    let cap = map.ring_header().meta.ring_bytes.load(Ordering::Acquire) as usize;
+    (cap.is_power_of_two() && map.len() >= DATA_OFFSET.checked_add(cap)?).then_some(cap)
+}
+
+impl Producer {
+    /// The sending role of a ring; `None` if its recorded size does not fit
+    /// the segment.
+    pub fn new(map: Mapping) -> Option<Producer> {
+        let cap = ring_cap(&map)?;
+        Some(Producer { map, cap })
+    }
+
+    pub fn header(&self) -> &RingHeader {
+        self.map.ring_header()
+    }
+
+    /// Copies as much of the concatenation of `parts` as fits; returns the
+    /// bytes taken and publishes them (Release).
+    pub fn push(&mut self, parts: &[&[u8]]) -> usize {
+        let h = self.header();
+        let head = h.head.0.load(Ordering::Relaxed);
+        let tail = h.tail.0.load(Ordering::Acquire);
+        let used = head.wrapping_sub(tail) as usize;
+        if used >= self.cap {
+            return 0;
+        }
+        let free = self.cap - used;
+        let mask = self.cap - 1;
+        let mut n = 0usize;
+        for part in parts {
+            let mut src = &part[..part.len().min(free - n)];
+            while !src.is_empty() {
+                let pos = (head as usize).wrapping_add(n) & mask;
+                let chunk = src.len().min(self.cap - pos);
+                // SAFETY: [pos, pos + chunk) lies in the data area (pos < cap,
+                // chunk <= cap - pos, segment holds DATA_OFFSET + cap bytes)
+                // and in the free part of the ring ([head, tail + cap)), which
+                // the consumer does not read until `head` is published below;
+                // only this Producer (one per ring) writes there.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        self.map.ptr.add(DATA_OFFSET + pos),
+                        chunk,
+                    );
+                }
+                n += chunk;
+                src = &src[chunk..];
+            }
+            if n == free {
+                break;
+            }
+        }
+        if n > 0 {
+            self.header()
+                .head
+                .0
+                .store(head.wrapping_add(n as u64), Ordering::Release);
+        }
+        n
+    }
+}
+
+impl Consumer {
+    /// The receiving role of a ring; `None` if its recorded size does not fit
+    /// the segment.
+    pub fn new(map: Mapping) -> Option<Consumer> {
+        let cap = ring_cap(&map)?;
+        Some(Consumer {
+            map,
+            cap,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn header(&self) -> &RingHeader {
+        self.map.ring_header()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Bytes published and not yet consumed.
+    pub fn available(&self) -> usize {
+        let h = self.header();
+        let head = h.head.0.load(Ordering::Acquire);
+        head.wrapping_sub(h.tail.0.load(Ordering::Relaxed)) as usize
+    }
+
+    /// The bytes at ring position `pos` (masked), `len` of them without
+    /// wrapping.
+    fn slice(&self, pos: usize, len: usize) -> &[u8] {
+        assert!(pos + len <= self.cap);
+        // SAFETY: in the data area (checked above); the caller only asks for
+        // published, unconsumed bytes ([tail, head)), which the producer does
+        // not write until `tail` moves past them, and `tail` only moves in
+        // `pop` after the borrow ends.
+        unsafe { std::slice::from_raw_parts(self.map.ptr.add(DATA_OFFSET + pos), len) }
+    }
+
+    /// Lends up to `max` published bytes, whole multiples of `granule`
+    /// (>= 1), straight out of the ring; then frees them (Release). Returns
+    /// the bytes lent.
+    pub fn pop(&mut self, max: usize, granule: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
+        let g = granule.max(1);
+        let tail = self.header().tail.0.load(Ordering::Relaxed);
+        let mut want = self.available().min(max);
+        want -= want % g;
+        if want == 0 {
+            return 0;
+        }
+        let mask = self.cap - 1;
+        let mut done = 0usize;
+        let mut stack = [0u8; 256];
+        while done < want {
+            let pos = (tail as usize).wrapping_add(done) & mask;
+            let contig = self.cap - pos;
+            let remaining = want - done;
+            if contig >= remaining {
+                sink(self.slice(pos, remaining));
+                done += remaining;
+                continue;
+            }
+            let whole = contig - contig % g;
+            if whole > 0 {
+                sink(self.slice(pos, whole));
+                done += whole;
+            }
+            let first = contig - whole;
+            if first > 0 {
+                // One element straddles the wrap point: join its two pieces.
+                let mut heap = std::mem::take(&mut self.scratch);
+                let buf: &mut [u8] = if g <= stack.len() {
+                    &mut stack[..g]
+                } else {
+                    heap.resize(g, 0);
+                    &mut heap[..g]
+                };
+                buf[..first].copy_from_slice(self.slice(pos + whole, first));
+                buf[first..].copy_from_slice(self.slice(0, g - first));
+                sink(buf);
+                self.scratch = heap;
+                done += g;
+            }
+        }
+        self.header()
+            .tail
+            .0
+            .store(tail.wrapping_add(want as u64), Ordering::Release);
+        want
+    }
+}
+
+/// CPU time this thread has used (for tests that check waiting sleeps).
+#[cfg(test)]
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a writable timespec for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
