@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use braid_transports::shm::{self, ShmOptions};
 use braid_transports::tcp::{self, JobAuth, TcpOptions};
 
 use crate::launch::{self, LaunchInfo};
@@ -54,6 +55,82 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `BRAID_TRANSPORT`: `tcp` (the default), `shm` (every rank on this host,
+/// shared memory only), or `auto` (TCP until shared memory and TCP can be
+/// mixed in one communicator).
+fn transport_choice() -> Result<&'static str> {
+    match std::env::var("BRAID_TRANSPORT").as_deref() {
+        Err(_) | Ok("") | Ok("auto") | Ok("tcp") => Ok("tcp"),
+        Ok("shm") => Ok("shm"),
+        Ok(other) => Err(Error::config(format!(
+            "BRAID_TRANSPORT='{other}' is not a transport; valid: auto, tcp, shm"
+        ))),
+    }
+}
+
+/// This host's identity: host name and kernel boot id, so that two
+/// containers or VMs with the same host name are still told apart.
+fn host_identity() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}/{}",
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/random/boot_id")
+    )
+}
+
+/// Connects every rank through shared memory, after checking through the
+/// store that all of them run on this host.
+fn connect_shm(
+    info: &LaunchInfo,
+    store: &dyn Store,
+    config: Config,
+    job_id: u64,
+    deadline: Instant,
+) -> Result<Communicator> {
+    let (rank, size) = (info.rank, info.size);
+    let options = ShmOptions::from_env().map_err(Error::config)?;
+    let me = host_identity();
+    store.set(&format!("braid/host/{rank}"), me.as_bytes())?;
+    let mut elsewhere = Vec::new();
+    for peer in 0..size {
+        let theirs = store.get_wait(&format!("braid/host/{peer}"), deadline)?;
+        if theirs != me.as_bytes() {
+            elsewhere.push(peer);
+        }
+    }
+    if !elsewhere.is_empty() {
+        return Err(Error::config(format!(
+            "BRAID_TRANSPORT=shm needs every rank on this host, but ranks {elsewhere:?} run elsewhere; \
+             use BRAID_TRANSPORT=tcp (or auto)"
+        )));
+    }
+    let peers: Vec<usize> = (0..size).filter(|&p| p != rank).collect();
+    let transport = shm::connect(rank, size, job_id, &peers, &options, deadline).map_err(|e| {
+        let kind = if Instant::now() >= deadline {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Transport
+        };
+        Error::new(
+            kind,
+            format!("{e}; check that every rank started and that /dev/shm has room"),
+        )
+    })?;
+    tracing::info!(
+        rank,
+        size,
+        transport = "shm",
+        ring_bytes = options.ring_bytes,
+        "communicator ready"
+    );
+    Ok(Communicator::new(Box::new(transport), config))
+}
+
 impl Communicator {
     /// A communicator for this process, from the launcher's environment:
     /// torchrun / Kubernetes / braid-run (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
@@ -64,6 +141,10 @@ impl Communicator {
     pub fn from_env() -> Result<Communicator> {
         init_logging();
         let config = Config::from_env()?;
+        // Settings errors come before any rendezvous, so that every rank
+        // reports them at once instead of some waiting for others that quit.
+        transport_choice()?;
+        TcpOptions::from_env().map_err(Error::config)?;
         let info = launch::detect()?;
         for (k, v) in env_overrides() {
             if k != "BRAID_TOKEN" {
@@ -108,6 +189,9 @@ impl Communicator {
             at(Error::new(ErrorKind::Transport, "the store holds a malformed job id under braid/job; is another job using the same store?"))
         })?);
 
+        if transport_choice().map_err(at)? == "shm" {
+            return connect_shm(info, store, config, job_id, deadline).map_err(at);
+        }
         let listener = tcp::listen(&options)
             .map_err(|e| at(Error::new(ErrorKind::Transport, e.to_string())))?;
         let mine: Vec<String> = listener.addresses().iter().map(|a| a.to_string()).collect();

@@ -256,7 +256,72 @@ fn every_collective_exact_through_braid_run() {
 
 #[test]
 fn a_rank_killed_mid_all_reduce_fails_every_survivor_quickly() {
-    let mut children = spawn_ranks(4, "loop", &[("BRAID_TIMEOUT", "60".into())]);
+    kill_one_rank_mid_all_reduce(&[]);
+}
+
+/// The shared-memory tests check that /dev/shm holds no braid segment after
+/// their job; run one at a time so neither sees the other's job mid-setup.
+static SHM_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn every_collective_exact_over_shared_memory() {
+    let _one_at_a_time = SHM_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    for n in [2, 3, 4, 8] {
+        let results = wait_all(
+            spawn_ranks(n, "sweep", &[("BRAID_TRANSPORT", "shm".into())]),
+            Duration::from_secs(240),
+        );
+        assert_sweep_ok(&results);
+    }
+    assert_eq!(
+        braid_segments(),
+        Vec::<String>::new(),
+        "segments left in /dev/shm"
+    );
+}
+
+#[test]
+fn a_rank_killed_mid_all_reduce_over_shared_memory_leaves_nothing_behind() {
+    let _one_at_a_time = SHM_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    kill_one_rank_mid_all_reduce(&[("BRAID_TRANSPORT", "shm".into())]);
+    assert_eq!(
+        braid_segments(),
+        Vec::<String>::new(),
+        "segments left in /dev/shm"
+    );
+}
+
+#[test]
+fn an_unknown_transport_is_a_clear_error() {
+    let results = wait_all(
+        spawn_ranks(2, "sweep", &[("BRAID_TRANSPORT", "carrier-pigeon".into())]),
+        Duration::from_secs(60),
+    );
+    for (code, out, err) in &results {
+        assert_eq!(*code, Some(4), "{out}\n{err}");
+        assert!(
+            out.contains("BRAID_TRANSPORT='carrier-pigeon'") && out.contains("auto, tcp, shm"),
+            "{out}"
+        );
+    }
+}
+
+/// braid's segments in /dev/shm (the shm transport unlinks them once mapped).
+fn braid_segments() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("braid-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kill_one_rank_mid_all_reduce(env: &[(&str, String)]) {
+    let mut env = env.to_vec();
+    env.push(("BRAID_TIMEOUT", "60".into()));
+    let mut children = spawn_ranks(4, "loop", &env);
     // Wait until every rank is inside the all-reduce loop.
     let mut stdouts: Vec<_> = children
         .iter_mut()
