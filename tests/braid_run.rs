@@ -65,3 +65,42 @@ fn bad_usage_exits_2_with_help() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: braid-run -n N"));
 }
+
+fn allowed_lists(extra: &[&str], n: usize) -> Vec<String> {
+    let out = Command::new(BRAID_RUN)
+        .args(["-n", &n.to_string()])
+        .args(extra)
+        .args(["--", "sh", "-c", "grep Cpus_allowed_list /proc/self/status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn ranks_are_bound_to_one_cpu_each_unless_oversubscribed() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs at least 2 CPUs to bind 2 ranks");
+        return;
+    }
+    // Two ranks, each on a CPU of its own.
+    let bound = allowed_lists(&[], 2);
+    assert_eq!(bound.len(), 2);
+    assert_ne!(bound[0], bound[1], "{bound:?}");
+    assert!(
+        bound.iter().all(|l| l.parse::<usize>().is_ok()),
+        "{bound:?}"
+    );
+    // Asked not to, or more ranks than CPUs: left to the scheduler.
+    let free = allowed_lists(&["--bind", "none"], 2);
+    assert!(free.iter().all(|l| l.parse::<usize>().is_err()), "{free:?}");
+    let over = allowed_lists(&[], cpus + 1);
+    assert!(over.iter().all(|l| l.parse::<usize>().is_err()), "{over:?}");
+}

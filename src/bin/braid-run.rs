@@ -47,13 +47,18 @@ fn kill_group(child: &mut Child) {
     let _ = child.kill();
 }
 
-const USAGE: &str = "usage: braid-run -n N [--port PORT] [--no-prefix] [--] command [args...]
+const USAGE: &str =
+    "usage: braid-run -n N [--port PORT] [--bind core|none] [--no-prefix] [--] command [args...]
 
 Starts N ranks of `command` on this machine with RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT (a free port unless --port)
 and BRAID_TOKEN (random unless set) in their environment. Output lines are
 prefixed with [rank]. If a rank exits non-zero, the others are killed and
 braid-run exits with that rank's status.
+
+--bind core (the default) pins rank r to the r-th CPU braid-run may use, as
+mpirun does, when there are at least N of them; with more ranks than CPUs
+(or --bind none) ranks are left to the scheduler.
 
 For several machines use the launcher you have: srun, mpirun, or a torchrun-style
 Kubernetes job; braid reads their variables (see README).";
@@ -62,6 +67,7 @@ Kubernetes job; braid reads their variables (see README).";
 struct Args {
     ranks: usize,
     port: Option<u16>,
+    bind: bool,
     prefix: bool,
     command: Vec<String>,
 }
@@ -70,6 +76,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
     let mut ranks = None;
     let mut port = None;
     let mut prefix = true;
+    let mut bind = true;
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
@@ -91,6 +98,14 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     v.parse::<u16>()
                         .map_err(|_| format!("--port takes a port number, got '{v}'"))?,
                 );
+                i += 2;
+            }
+            "--bind" => {
+                bind = match value(i)?.as_str() {
+                    "core" => true,
+                    "none" => false,
+                    other => return Err(format!("--bind takes core or none, got '{other}'")),
+                };
                 i += 2;
             }
             "--no-prefix" => {
@@ -116,9 +131,40 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(Args {
         ranks,
         port,
+        bind,
         prefix,
         command,
     })
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data (zeroed is a valid empty set), and
+    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the child to `cpu` between fork and exec.
+fn bind_to(cmd: &mut Command, cpu: usize) {
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls sched_setaffinity, a plain system call (async-signal-safe), on a
+    // stack-local set; a failure is ignored (the rank just runs unbound).
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -203,8 +249,16 @@ fn main() -> ExitCode {
     let stderr: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stderr()));
     let mut children: Vec<Child> = Vec::new();
     let mut pumps = Vec::new();
+    // One CPU per rank when there are enough (as mpirun binds); oversubscribed
+    // ranks are left to the scheduler.
+    let cpus = allowed_cpus();
+    let bind = args.bind && cpus.len() >= args.ranks;
     for rank in 0..args.ranks {
-        let spawned = Command::new(&args.command[0])
+        let mut command = Command::new(&args.command[0]);
+        if let Some(&cpu) = cpus.get(rank).filter(|_| bind) {
+            bind_to(&mut command, cpu);
+        }
+        let spawned = command
             .args(&args.command[1..])
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", args.ranks.to_string())
@@ -300,8 +354,13 @@ mod tests {
         assert_eq!((a.ranks, a.port, a.prefix), (4, None, true));
         assert_eq!(a.command, vec!["echo", "hi"]);
         let a = parse(&args("-n 2 --port 2999 --no-prefix prog --flag")).unwrap();
-        assert_eq!((a.ranks, a.port, a.prefix), (2, Some(2999), false));
+        assert_eq!(
+            (a.ranks, a.port, a.prefix, a.bind),
+            (2, Some(2999), false, true)
+        );
         assert_eq!(a.command, vec!["prog", "--flag"]);
+        let a = parse(&args("-n 2 --bind none prog")).unwrap();
+        assert!(!a.bind);
     }
 
     #[test]
