@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use braid_topologies::{Algorithm, Collective};
+pub use braid_transports::settings::parse_size;
 
 use crate::{Error, Result};
 
@@ -109,18 +110,6 @@ pub fn parse_algorithms(
 fn parse_seconds(v: &str) -> Option<Duration> {
     let secs: f64 = v.trim().parse().ok()?;
     (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
-/// Parses a byte size: `8`, `64K`, `16M`, `1G` (powers of 1024).
-pub fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let (digits, mult) = match v.chars().last()? {
-        'k' | 'K' => (&v[..v.len() - 1], 1u64 << 10),
-        'm' | 'M' => (&v[..v.len() - 1], 1 << 20),
-        'g' | 'G' => (&v[..v.len() - 1], 1 << 30),
-        _ => (v, 1),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 #[cfg(test)]

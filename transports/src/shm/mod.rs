@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use raw::{Consumer, Mapping, Producer, DATA_OFFSET, MAGIC, VERSION};
 
-use crate::tcp::parse_size;
+use crate::settings::{parse_size_usize, parse_spin_us};
 use crate::{Transport, TransportError};
 
 /// Default bytes of each ring's data area.
@@ -99,17 +99,16 @@ impl ShmOptions {
         let mut opts = ShmOptions::default();
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         if let Some(v) = get("BRAID_SHM_RING") {
-            opts.ring_bytes = parse_size(&v).filter(|b| valid_ring(*b)).ok_or_else(|| {
-                format!("BRAID_SHM_RING='{v}': expected a power of two from 4K to 1G, such as 4M")
-            })?;
+            opts.ring_bytes = parse_size_usize(&v)
+                .filter(|b| valid_ring(*b))
+                .ok_or_else(|| {
+                    format!(
+                        "BRAID_SHM_RING='{v}': expected a power of two from 4K to 1G, such as 4M"
+                    )
+                })?;
         }
         if let Some(v) = get("BRAID_SPIN_US") {
-            let us = v.trim().parse::<u64>().ok().filter(|us| *us <= 10_000_000);
-            opts.spin = us.map(Duration::from_micros).ok_or_else(|| {
-                format!(
-                    "BRAID_SPIN_US='{v}': expected microseconds, a whole number from 0 to 10000000"
-                )
-            })?;
+            opts.spin = parse_spin_us(&v)?;
         }
         Ok(opts)
     }

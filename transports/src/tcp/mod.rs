@@ -48,7 +48,7 @@ mod tests;
 
 pub use establish::{listen, listen_on, TcpListenerSet};
 pub use options::{
-    parse_size, InterfaceFilter, InterfaceFilterError, TcpOptions, DEFAULT_CONNECT_TIMEOUT,
+    InterfaceFilter, InterfaceFilterError, TcpOptions, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SOCKETS_PER_PEER, DEFAULT_SOCKET_BUFFER_BYTES, DEFAULT_SPIN, MAX_SOCKETS_PER_PEER,
 };
 pub use transport::{TcpTransport, SEGMENT_BYTES};

@@ -5,6 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::settings::{parse_size_usize, parse_spin_us};
+
 /// Default sockets per peer, chosen by the loopback benchmark
 /// (`cargo test -p braid-transports -- --ignored --nocapture throughput`:
 /// 64 MiB between two threads, 256 KiB offers, copied out on receipt). On the
@@ -109,19 +111,14 @@ impl TcpOptions {
                 })?;
         }
         if let Some(v) = get("BRAID_SOCKET_BUFFER") {
-            opts.socket_buffer_bytes = parse_size(&v).ok_or_else(|| {
+            opts.socket_buffer_bytes = parse_size_usize(&v).ok_or_else(|| {
                 format!(
                     "BRAID_SOCKET_BUFFER='{v}': expected a size such as 4M, 512K or 1048576 (0 leaves it to the kernel)"
                 )
             })?;
         }
         if let Some(v) = get("BRAID_SPIN_US") {
-            let us = v.trim().parse::<u64>().ok().filter(|us| *us <= 10_000_000);
-            opts.spin = us.map(Duration::from_micros).ok_or_else(|| {
-                format!(
-                    "BRAID_SPIN_US='{v}': expected microseconds, a whole number from 0 to 10000000"
-                )
-            })?;
+            opts.spin = parse_spin_us(&v)?;
         }
         Ok(opts)
     }
@@ -133,26 +130,6 @@ fn is_loopback_name(host: &str) -> bool {
     h.eq_ignore_ascii_case("localhost")
         || h.parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Parses a byte count: `4194304`, `4M`, `4MiB`, `4mb`, `512K`, `1G` (binary
-/// multiples). `None` when it is not one or overflows.
-pub fn parse_size(text: &str) -> Option<usize> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    if digits == 0 {
-        return None;
-    }
-    let number: usize = t[..digits].parse().ok()?;
-    let unit = t[digits..].trim().to_ascii_lowercase();
-    let shift = match unit.as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return None,
-    };
-    number.checked_mul(1usize.checked_shl(shift)?)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,6 +323,7 @@ impl fmt::Display for InterfaceFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::parse_size;
 
     #[test]
     fn filters_parse_like_nccl_socket_ifname() {
