@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use braid::{Algorithm, Collective, Communicator, ReduceOp};
+use common::ranks::{free_port, rank_command, spawn_ranks, wait_all};
 use common::{sweep_comm, MOVING, REDUCING};
 
 const BRAID_RUN: &str = env!("CARGO_BIN_EXE_braid-run");
@@ -106,102 +107,6 @@ fn rank_main() {
         other => panic!("unknown BRAID_TEST_ROLE {other}"),
     };
     std::process::exit(code);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rank_command(role: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "rank_main", "--nocapture", "--test-threads", "1"])
-        .env("BRAID_TEST_ROLE", role)
-        .env("BRAID_TIMEOUT", "20")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Starts `n` ranks directly (no launcher), torchrun-style variables.
-fn spawn_ranks(n: usize, role: &str, env: &[(&str, String)]) -> Vec<Child> {
-    let port = free_port().to_string();
-    (0..n)
-        .map(|rank| {
-            let mut cmd = rank_command(role);
-            cmd.env("RANK", rank.to_string())
-                .env("WORLD_SIZE", n.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("LOCAL_WORLD_SIZE", n.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env("BRAID_TOKEN", "multiprocess-test-token");
-            for (k, v) in env {
-                if let Some(r) = k.strip_prefix("RANK1:") {
-                    if rank == 1 {
-                        cmd.env(r, v);
-                    }
-                } else {
-                    cmd.env(k, v);
-                }
-            }
-            cmd.spawn().unwrap()
-        })
-        .collect()
-}
-
-/// Waits for every child, killing all of them at `limit`; returns
-/// (exit code, stdout, stderr) per rank.
-fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<(Option<i32>, String, String)> {
-    let deadline = Instant::now() + limit;
-    let mut children: Vec<Child> = children;
-    let readers: Vec<_> = children
-        .iter_mut()
-        .map(|c| {
-            let mut out = c.stdout.take().unwrap();
-            let mut err = c.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                let (mut o, mut e) = (String::new(), String::new());
-                let _ = out.read_to_string(&mut o);
-                let _ = err.read_to_string(&mut e);
-                (o, e)
-            })
-        })
-        .collect();
-    let mut codes = vec![None; children.len()];
-    loop {
-        let mut running = false;
-        for (i, c) in children.iter_mut().enumerate() {
-            if codes[i].is_none() {
-                match c.try_wait().unwrap() {
-                    Some(s) => codes[i] = Some(s.code().unwrap_or(-1)),
-                    None => running = true,
-                }
-            }
-        }
-        if !running {
-            break;
-        }
-        if Instant::now() > deadline {
-            for c in children.iter_mut() {
-                let _ = c.kill();
-            }
-            panic!("ranks still running after {limit:?}: the job hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    readers
-        .into_iter()
-        .zip(codes)
-        .map(|(r, code)| {
-            let (o, e) = r.join().unwrap();
-            (code, o, e)
-        })
-        .collect()
 }
 
 fn assert_sweep_ok(results: &[(Option<i32>, String, String)]) {

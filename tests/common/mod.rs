@@ -4,6 +4,8 @@
 //! f16 and bf16 included, represents every partial result exactly.
 #![allow(dead_code)]
 
+pub mod ranks;
+
 use braid::{bf16, f16, Algorithm, Collective, Communicator, Element, ReduceOp};
 
 pub const COUNTS: [usize; 8] = [0, 1, 2, 3, 7, 13, 100, 1031];
