@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use braid::{Algorithm, Collective, Communicator, ReduceOp};
-use common::ranks::{free_port, rank_command, spawn_ranks, wait_all};
+use common::ranks::{braid_segments, free_port, rank_command, spawn_ranks, wait_all};
 use common::{sweep_comm, MOVING, REDUCING};
 
 const BRAID_RUN: &str = env!("CARGO_BIN_EXE_braid-run");
@@ -129,9 +129,16 @@ fn every_collective_exact_across_processes() {
 
 #[test]
 fn every_collective_exact_through_braid_run() {
-    for n in [3, 4] {
+    // Three ranks with the default transport (auto: all on this host, so
+    // shared memory), four over TCP.
+    let _one_at_a_time = SHM_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    for (n, transport) in [(3, "auto"), (4, "tcp")] {
         let exe = std::env::current_exe().unwrap();
-        let out = Command::new(BRAID_RUN)
+        let mut cmd = Command::new(BRAID_RUN);
+        if transport != "auto" {
+            cmd.env("BRAID_TRANSPORT", transport);
+        }
+        let out = cmd
             .args(["-n", &n.to_string(), "--"])
             .arg(exe)
             .args(["--exact", "rank_main", "--nocapture", "--test-threads", "1"])
@@ -196,6 +203,42 @@ fn a_rank_killed_mid_all_reduce_over_shared_memory_leaves_nothing_behind() {
     );
 }
 
+/// Two "hosts" told apart by BRAID_HOST_ID: shared memory inside each,
+/// TCP between them, every collective exact; what each rank chose is logged.
+#[test]
+fn a_mixed_group_uses_shared_memory_within_a_host_and_tcp_across() {
+    let _one_at_a_time = SHM_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    // Four ranks as {0, 1} and {2, 3}; five interleaved as {0, 2, 4} and {1, 3}.
+    for (n, host_of) in [(4, (|r| r / 2) as fn(usize) -> usize), (5, |r| r % 2)] {
+        let mut env: Vec<(String, String)> = vec![
+            ("BRAID_TRANSPORT".into(), "auto".into()),
+            ("BRAID_DEBUG".into(), "info".into()),
+        ];
+        for r in 0..n {
+            env.push((
+                format!("RANK{r}:BRAID_HOST_ID"),
+                format!("host-{}", host_of(r)),
+            ));
+        }
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let results = wait_all(spawn_ranks(n, "sweep", &env), Duration::from_secs(240));
+        assert_sweep_ok(&results);
+        for (r, (_, _, err)) in results.iter().enumerate() {
+            let (here, there): (Vec<usize>, Vec<usize>) = (0..n)
+                .filter(|&p| p != r)
+                .partition(|&p| host_of(p) == host_of(r));
+            let line = format!("shared memory to ranks {here:?}, TCP to ranks {there:?}");
+            assert!(err.contains(&line), "rank {r} should log '{line}':\n{err}");
+            assert!(err.contains("transport=\"mixed\""), "rank {r}:\n{err}");
+        }
+    }
+    assert_eq!(
+        braid_segments(),
+        Vec::<String>::new(),
+        "segments left in /dev/shm"
+    );
+}
+
 #[test]
 fn an_unknown_transport_is_a_clear_error() {
     let results = wait_all(
@@ -209,18 +252,6 @@ fn an_unknown_transport_is_a_clear_error() {
             "{out}"
         );
     }
-}
-
-/// braid's segments in /dev/shm (the shm transport unlinks them once mapped).
-fn braid_segments() -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("braid-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn kill_one_rank_mid_all_reduce(env: &[(&str, String)]) {

@@ -24,7 +24,7 @@ for round in $(seq "$rounds"); do
   "$out/core_pingpong" 0 1 50000
   for c in all_reduce all_gather broadcast reduce_scatter; do
     echo "## $c"
-    "$bin/braid-run" -n "$n" -- "$bin/braid-bench" "$c" --sizes "$sizes" -n 20 -w 3 -c \
+    BRAID_TRANSPORT=tcp "$bin/braid-run" -n "$n" -- "$bin/braid-bench" "$c" --sizes "$sizes" -n 20 -w 3 -c \
       | grep -v '#' || true
   done
 done

@@ -20,13 +20,24 @@ pub fn rank_command(role: &str) -> Command {
     cmd.args(["--exact", "rank_main", "--nocapture", "--test-threads", "1"])
         .env("BRAID_TEST_ROLE", role)
         .env("BRAID_TIMEOUT", "20")
+        // TCP unless a test asks for another transport (auto would pick
+        // shared memory for ranks on one host).
+        .env("BRAID_TRANSPORT", "tcp")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
 }
 
-/// Starts `n` ranks directly (no launcher), torchrun-style variables.
+/// `RANK<r>:NAME` → (r, NAME): a variable for rank r only.
+fn per_rank(key: &str) -> Option<(usize, &str)> {
+    let rest = key.strip_prefix("RANK")?;
+    let (r, name) = rest.split_once(':')?;
+    Some((r.parse().ok()?, name))
+}
+
+/// Starts `n` ranks directly (no launcher), torchrun-style variables;
+/// `env` entries named `RANK<r>:NAME` go to rank r only.
 pub fn spawn_ranks(n: usize, role: &str, env: &[(&str, String)]) -> Vec<Child> {
     let port = free_port().to_string();
     (0..n)
@@ -40,9 +51,9 @@ pub fn spawn_ranks(n: usize, role: &str, env: &[(&str, String)]) -> Vec<Child> {
                 .env("MASTER_PORT", &port)
                 .env("BRAID_TOKEN", "multiprocess-test-token");
             for (k, v) in env {
-                if let Some(r) = k.strip_prefix("RANK1:") {
-                    if rank == 1 {
-                        cmd.env(r, v);
+                if let Some((only, key)) = per_rank(k) {
+                    if rank == only {
+                        cmd.env(key, v);
                     }
                 } else {
                     cmd.env(k, v);
@@ -101,4 +112,16 @@ pub fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<(Option<i32>, Stri
             (code, o, e)
         })
         .collect()
+}
+
+/// braid's segments in /dev/shm (the shm transport unlinks them once mapped).
+pub fn braid_segments() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("braid-"))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -19,6 +19,7 @@
 use std::time::Instant;
 
 pub mod local;
+pub mod mixed;
 pub mod settings;
 pub mod shm;
 pub mod tcp;

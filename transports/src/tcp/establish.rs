@@ -350,6 +350,8 @@ struct Establisher<'a> {
     auth: &'a JobAuth,
     opts: &'a TcpOptions,
     peers: &'a [Vec<SocketAddr>],
+    /// The ranks this rank connects with over TCP.
+    wanted: Vec<bool>,
     poll: Poll,
     listeners: Vec<TcpListener>,
     out: Vec<Outgoing>,
@@ -390,7 +392,36 @@ impl TcpListenerSet {
         opts: &TcpOptions,
         deadline: Instant,
     ) -> Result<TcpTransport, TransportError> {
+        let others: Vec<usize> = (0..size).filter(|&p| p != rank).collect();
+        self.establish_with(rank, size, &others, peers, auth, opts, deadline)
+    }
+
+    /// [`TcpListenerSet::establish`] with only the ranks in `tcp_peers`
+    /// (the others are reached through another transport, such as shared
+    /// memory on this host). Every rank must agree on who talks TCP with
+    /// whom; a connection from a rank not in `tcp_peers` is refused.
+    /// `peers[j]` may be empty for ranks not in `tcp_peers`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn establish_with(
+        self,
+        rank: usize,
+        size: usize,
+        tcp_peers: &[usize],
+        peers: &[Vec<SocketAddr>],
+        auth: &JobAuth,
+        opts: &TcpOptions,
+        deadline: Instant,
+    ) -> Result<TcpTransport, TransportError> {
         let k = opts.sockets_per_peer;
+        let mut wanted = vec![false; size];
+        for &p in tcp_peers {
+            if p >= size || p == rank || wanted[p] {
+                return Err(setup_error(format!(
+                    "TCP peer list {tcp_peers:?} of rank {rank} names itself, repeats a rank or names one outside a group of {size}"
+                )));
+            }
+            wanted[p] = true;
+        }
         if rank >= size {
             return Err(setup_error(format!(
                 "rank {rank} is not in a group of {size}"
@@ -426,6 +457,7 @@ impl TcpListenerSet {
         }
         let now = Instant::now();
         let out: Vec<Outgoing> = (0..rank)
+            .filter(|&peer| wanted[peer])
             .flat_map(|peer| (0..k).map(move |index| (peer, index)))
             .map(|(peer, index)| Outgoing {
                 peer,
@@ -451,7 +483,8 @@ impl TcpListenerSet {
             incoming: HashMap::new(),
             slots: (0..size).map(|_| (0..k).map(|_| None).collect()).collect(),
             connected: 0,
-            needed: (size - 1) * k,
+            needed: tcp_peers.len() * k,
+            wanted,
             connecting: 0,
             problems: vec![None; size],
             strangers: Vec::new(),
@@ -467,7 +500,8 @@ impl TcpListenerSet {
             size,
             sockets_per_peer = k,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "tcp: connected to every peer"
+            tcp_peers = tcp_peers.len(),
+            "tcp: connected to every TCP peer"
         );
         TcpTransport::new(rank, size, k, poll, streams, opts.spin)
     }
@@ -769,7 +803,17 @@ impl Establisher<'_> {
                 .and_then(|s| s.get(i))
                 .is_some_and(|s| s.is_some())
         };
-        match progress_in(c, &view, &self.auth.token, &connected) {
+        let outcome = progress_in(c, &view, &self.auth.token, &connected);
+        let claimed = c.hello.as_ref().map(|h| h.rank as usize);
+        if let Some(r) = claimed.filter(|&r| r < self.size && !self.wanted[r]) {
+            return self.reject(
+                t,
+                Failure::loud(format!(
+                    "rank {r} connected over TCP, but this rank reaches it through another transport (same host: shared memory); do the ranks disagree on BRAID_TRANSPORT or BRAID_HOST_ID?"
+                )),
+            );
+        }
+        match outcome {
             Ok(None) => {}
             Ok(Some((peer, index))) => {
                 if let Some(c) = self.incoming.remove(&t) {
@@ -815,7 +859,7 @@ impl Establisher<'_> {
 
     fn missing_error(&self) -> TransportError {
         let missing: Vec<usize> = (0..self.size)
-            .filter(|&r| r != self.rank && self.slots[r].iter().any(Option::is_none))
+            .filter(|&r| self.wanted[r] && self.slots[r].iter().any(Option::is_none))
             .collect();
         let mut reason = format!(
             "rank {} of {}: no authenticated connection with ranks {:?} by the deadline ({} of {} sockets connected)",

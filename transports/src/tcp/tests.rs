@@ -733,3 +733,57 @@ fn latency_loopback() {
         );
     }
 }
+
+/// Three ranks where only 0–2 and 1–2 talk TCP (0 and 1 would share a host):
+/// those pairs stream, 0 → 1 is refused with a clear error; a rank that
+/// wrongly connects to a peer expecting it elsewhere is turned away.
+#[test]
+fn a_subset_of_peers_over_tcp() {
+    let o = opts(1);
+    let listeners: Vec<TcpListenerSet> = (0..3).map(|_| listen_on(&[V4], &o).unwrap()).collect();
+    let peers: Vec<Vec<SocketAddr>> = listeners.iter().map(|l| l.addresses()).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let tcp_peers = [vec![2], vec![2], vec![0, 1]];
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let (peers, o, mine) = (peers.clone(), o.clone(), tcp_peers[rank].clone());
+            thread::spawn(move || l.establish_with(rank, 3, &mine, &peers, &auth(), &o, deadline))
+        })
+        .collect();
+    let mut ts: Vec<TcpTransport> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    let err = ts[0].send(1, &[b"x"]).unwrap_err().to_string();
+    assert!(err.contains("not connected over TCP"), "{err}");
+    for from in [0, 1] {
+        assert_eq!(ts[from].send(2, &[&[from as u8; 3]]).unwrap(), 3);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let n = ts[2]
+                .recv(from, 3 - got.len(), 1, &mut |b| got.extend_from_slice(b))
+                .unwrap();
+            if n == 0 {
+                ts[2].wait(deadline).unwrap();
+            }
+        }
+        assert_eq!(got, [from as u8; 3]);
+    }
+
+    // Rank 1 wants TCP with rank 0, but rank 0 reaches 1 another way.
+    let listeners: Vec<TcpListenerSet> = (0..2).map(|_| listen_on(&[V4], &o).unwrap()).collect();
+    let peers: Vec<Vec<SocketAddr>> = listeners.iter().map(|l| l.addresses()).collect();
+    let mut it = listeners.into_iter();
+    let (l0, l1) = (it.next().unwrap(), it.next().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let p = peers.clone();
+    let o2 = o.clone();
+    let h0 = thread::spawn(move || l0.establish_with(0, 2, &[], &p, &auth(), &o2, deadline));
+    let r1 = l1.establish_with(1, 2, &[0], &peers, &auth(), &o, deadline);
+    assert!(h0.join().unwrap().is_ok(), "rank 0 needs nobody over TCP");
+    let err = r1.err().expect("rank 1 cannot connect").to_string();
+    assert!(err.contains("rank 0") || err.contains("[0]"), "{err}");
+    assert!(err.contains("no authenticated connection"), "{err}");
+}

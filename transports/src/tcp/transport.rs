@@ -376,7 +376,7 @@ impl TcpTransport {
     ) -> Result<Self, TransportError> {
         let mut peers = Vec::with_capacity(size);
         for (peer, socks) in streams.into_iter().enumerate() {
-            if peer == rank {
+            if peer == rank || socks.is_empty() {
                 peers.push(None);
                 continue;
             }
@@ -436,10 +436,16 @@ impl TcpTransport {
         }
         match self.peers[peer].as_mut() {
             Some(p) => Ok(p),
-            None => Err(TransportError::Io {
+            None if peer == self.rank => Err(TransportError::Io {
                 peer,
                 reason: format!(
                     "rank {peer} is this rank: the TCP transport has no stream to itself"
+                ),
+            }),
+            None => Err(TransportError::Io {
+                peer,
+                reason: format!(
+                    "rank {peer} is not connected over TCP (it is reached through another transport)"
                 ),
             }),
         }
