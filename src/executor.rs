@@ -211,6 +211,22 @@ struct PendingRecv {
 pub(crate) fn run_plan<T: Element>(
     transport: &mut dyn Transport,
     plan: &Plan,
+    bufs: Buffers<'_, T>,
+    sent: &Fingerprint,
+    expected: &Fingerprint,
+    opts: &RunOptions,
+) -> Result<()> {
+    let result = run_steps(transport, plan, bufs, sent, expected, opts);
+    if result.is_err() {
+        // The caller gets its buffers back: no peer may read them in place.
+        transport.abandon();
+    }
+    result
+}
+
+fn run_steps<T: Element>(
+    transport: &mut dyn Transport,
+    plan: &Plan,
     mut bufs: Buffers<'_, T>,
     sent: &Fingerprint,
     expected: &Fingerprint,

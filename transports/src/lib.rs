@@ -86,6 +86,10 @@ pub trait Transport: Send {
     }
     /// Offers the concatenation of `parts` to the stream towards `peer`;
     /// returns how many bytes (a prefix) it took, 0 when its buffers are full.
+    /// The next offer starts right after the bytes taken, from the same
+    /// memory while a message lasts: a transport may take bytes only once
+    /// its peer has read them in place. Parts that are separate in memory
+    /// never split an element of the receiver's `granule`.
     fn send(&mut self, peer: usize, parts: &[&[u8]]) -> Result<usize, TransportError>;
     /// Lends up to `max` bytes received from `peer` to `sink`, in one or more
     /// slices whose lengths are multiples of `granule` (the element size; the
@@ -101,4 +105,10 @@ pub trait Transport: Send {
     /// Blocks until something may have changed (data arrived, space freed, a
     /// peer closed) or `deadline` passes, whichever is first.
     fn wait(&mut self, deadline: Instant) -> Result<(), TransportError>;
+    /// Called when a call fails with messages unfinished: from now on the
+    /// caller's buffers may change, so a transport that lets peers read
+    /// them in place (shared-memory single copy) withdraws them, waiting for
+    /// a read under way to end. The streams of those messages are broken
+    /// afterwards. The default does nothing (transports that copy at once).
+    fn abandon(&mut self) {}
 }

@@ -161,6 +161,12 @@ impl Transport for MixedTransport {
         Ok(n)
     }
 
+    fn abandon(&mut self) {
+        for t in &mut self.parts {
+            t.abandon();
+        }
+    }
+
     fn wait(&mut self, deadline: Instant) -> Result<(), TransportError> {
         if let [only] = self.parts.as_mut_slice() {
             return only.wait(deadline);

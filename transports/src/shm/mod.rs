@@ -64,6 +64,13 @@ pub const MIN_RING_BYTES: usize = 4 << 10;
 pub const MAX_RING_BYTES: usize = 1 << 30;
 /// Default busy-wait before sleeping.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+/// Default smallest message copied once, straight from the sender's memory.
+pub const DEFAULT_SINGLE_COPY_MIN: usize = 64 << 10;
+/// Bytes a receiver copies out of a sender's memory per read: small enough
+/// to stay in cache between the copy and the caller's reduce or copy.
+const BOUNCE_BYTES: usize = 256 << 10;
+/// How long giving up a message waits for a peer's read of it to end.
+const REVOKE_WAIT: Duration = Duration::from_secs(1);
 /// How often a sleeping `wait` checks that its peers' processes still live.
 pub const LIVENESS_PERIOD: Duration = Duration::from_millis(100);
 
@@ -75,6 +82,11 @@ pub struct ShmOptions {
     pub ring_bytes: usize,
     /// How long `wait` polls before sleeping (`BRAID_SPIN_US`).
     pub spin: Duration,
+    /// Messages (send offers) of at least this many bytes are copied once,
+    /// by the receiver straight out of the sender's memory
+    /// (`process_vm_readv`), where the kernel allows it; `None` sends
+    /// everything through the rings (`BRAID_SHM_CMA`, a size or `off`).
+    pub single_copy_min: Option<usize>,
 }
 
 impl Default for ShmOptions {
@@ -82,6 +94,7 @@ impl Default for ShmOptions {
         ShmOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             spin: DEFAULT_SPIN,
+            single_copy_min: Some(DEFAULT_SINGLE_COPY_MIN),
         }
     }
 }
@@ -109,6 +122,14 @@ impl ShmOptions {
         }
         if let Some(v) = get("BRAID_SPIN_US") {
             opts.spin = parse_spin_us(&v)?;
+        }
+        if let Some(v) = get("BRAID_SHM_CMA") {
+            opts.single_copy_min = match v.trim() {
+                "off" | "0" => None,
+                size => Some(parse_size_usize(size).ok_or_else(|| {
+                    format!("BRAID_SHM_CMA='{v}': expected a size such as 64K, or off")
+                })?),
+            };
         }
         Ok(opts)
     }
@@ -187,6 +208,57 @@ fn open_until(
     }
 }
 
+/// Whether this process may read `pid`'s memory: reads the magic number at
+/// the start of its mapping of a ring (at `base` there).
+fn probe_single_copy(pid: u32, base: u64) -> bool {
+    let mut word = [0u8; 8];
+    match raw::read_process(pid, base, &mut word) {
+        Ok(()) => u64::from_ne_bytes(word) == MAGIC,
+        Err(e) => {
+            tracing::debug!(
+                pid,
+                "shm: single-copy reads refused ({e}); large messages go through the rings"
+            );
+            false
+        }
+    }
+}
+
+/// Bytes from the start of `parts` that lie back to back in memory (a
+/// window spans them, so that no element is cut at its end: the caller
+/// never splits an element over separate buffers).
+fn contiguous_run(parts: &[&[u8]]) -> usize {
+    let mut parts = parts.iter().skip_while(|p| p.is_empty());
+    let Some(first) = parts.next() else { return 0 };
+    let mut end = first.as_ptr_range().end;
+    let mut len = first.len();
+    for p in parts {
+        if p.is_empty() {
+            continue;
+        }
+        if p.as_ptr() != end {
+            break;
+        }
+        end = p.as_ptr_range().end;
+        len += p.len();
+    }
+    len
+}
+
+/// The parts of `parts` after their first `skip` bytes.
+fn skip_bytes<'a>(parts: &[&'a [u8]], mut skip: usize) -> Vec<&'a [u8]> {
+    let mut out = Vec::with_capacity(parts.len());
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+        } else {
+            out.push(&p[skip..]);
+            skip = 0;
+        }
+    }
+    out
+}
+
 /// One connected peer.
 struct Link {
     tx: Producer,
@@ -195,6 +267,23 @@ struct Link {
     pid: u32,
     start: u64,
     dead: bool,
+    /// The peer reads large messages straight from this rank's memory.
+    single_copy: bool,
+    /// The outgoing window, while one is open.
+    window: Option<OpenWindow>,
+    /// Windows opened so far on the outgoing ring.
+    generation: u64,
+    /// A message to this peer was given up mid-way: the stream is broken.
+    abandoned: bool,
+}
+
+/// The sender's record of its open window (see `raw::Window`).
+struct OpenWindow {
+    addr: u64,
+    start: u64,
+    end: u64,
+    /// Window bytes reported to the caller as taken (read by the peer).
+    reported: u64,
 }
 
 impl Link {
@@ -202,9 +291,34 @@ impl Link {
         self.bell.bell_header().bell.0.ring();
     }
 
+    /// The open incoming window: its address in the peer, the count of its
+    /// first byte and of the end of what is offered so far.
+    fn incoming_window(&self) -> Option<(u64, u64, u64)> {
+        let w = &self.rx.header().window.0;
+        loop {
+            let s1 = w.state.load(Ordering::Acquire);
+            if s1 % 2 == 0 {
+                return None;
+            }
+            let (addr, start) = (
+                w.addr.load(Ordering::Relaxed),
+                w.start.load(Ordering::Relaxed),
+            );
+            // Acquire: an `end` of a later window would make the state
+            // check below see that window's change.
+            let end = w.end.load(Ordering::Acquire);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if w.state.load(Ordering::Relaxed) == s1 {
+                return Some((addr, start, end));
+            }
+        }
+    }
+
     /// Whether the peer closed its endpoint or its process is gone.
     fn gone(&self) -> bool {
         self.dead
+            || self.abandoned
+            || self.rx.header().window.0.revoked.load(Ordering::Acquire) != 0
             || self.rx.header().meta.sender_closed.load(Ordering::Acquire) != 0
             || self
                 .tx
@@ -229,6 +343,9 @@ pub struct ShmTransport {
     /// or oversubscribed).
     spin_misses: u32,
     last_liveness: Instant,
+    single_copy_min: Option<usize>,
+    /// Where a receiver's reads of peers' memory land (allocated on first use).
+    bounce: Vec<u8>,
 }
 
 /// Connects rank `rank` of a group of `size` to the `peers` on this host
@@ -347,6 +464,11 @@ pub fn connect(
         );
         m.sender_pid.store(pid, Ordering::Relaxed);
         m.sender_start.store(start, Ordering::Relaxed);
+        tx.header()
+            .window
+            .0
+            .sender_base
+            .store(tx.base(), Ordering::Relaxed);
         m.sender_attached.store(1, Ordering::Release);
         let rx = incoming[p].take().expect("incoming ring created above");
         links[p] = Some(Link {
@@ -356,6 +478,10 @@ pub fn connect(
             pid: peer_pid,
             start: peer_start,
             dead: false,
+            single_copy: false,
+            window: None,
+            generation: 0,
+            abandoned: false,
         });
     }
 
@@ -371,9 +497,32 @@ pub fn connect(
         seen,
         spin_misses: 0,
         last_liveness: Instant::now(),
+        single_copy_min: opts.single_copy_min,
+        bounce: Vec::new(),
     };
     let npeers = peers.len() as u32;
+    let mut t = t;
     loop {
+        // Each receiver decides whether it reads its sender's memory, by
+        // trying it once the sender has attached (its pid and mapping known).
+        for l in t.links.iter().flatten() {
+            let (rm, ack) = (&l.rx.header().meta, &l.rx.header().window_ack.0);
+            if rm.sender_attached.load(Ordering::Acquire) != 0
+                && ack.enabled.load(Ordering::Relaxed) == 0
+            {
+                let ok = opts.single_copy_min.is_some()
+                    && probe_single_copy(
+                        rm.sender_pid.load(Ordering::Relaxed),
+                        l.rx.header().window.0.sender_base.load(Ordering::Relaxed),
+                    );
+                ack.enabled.store(if ok { 1 } else { 2 }, Ordering::Release);
+            }
+        }
+        let undecided = t
+            .links
+            .iter()
+            .flatten()
+            .any(|l| l.tx.header().window_ack.0.enabled.load(Ordering::Acquire) == 0);
         let bell_done = t
             .own_bell
             .bell_header()
@@ -389,7 +538,7 @@ pub fn connect(
                 })
             })
             .collect();
-        if bell_done && missing.is_empty() {
+        if bell_done && missing.is_empty() && !undecided {
             break;
         }
         if let Some(&p) = missing.iter().find(|&&p| {
@@ -407,6 +556,10 @@ pub fn connect(
         std::thread::sleep(Duration::from_micros(500));
     }
     drop(names); // unlinks every name this rank created
+    let wanted = opts.single_copy_min.is_some();
+    for l in t.links.iter_mut().flatten() {
+        l.single_copy = wanted && l.tx.header().window_ack.0.enabled.load(Ordering::Acquire) == 1;
+    }
     for (p, l) in t.links.iter().enumerate() {
         let Some(l) = l else { continue };
         if l.rx.header().meta.sender_pid.load(Ordering::Relaxed) != l.pid {
@@ -416,11 +569,16 @@ pub fn connect(
             });
         }
     }
+    let single_copy: Vec<usize> = (0..size)
+        .filter(|&p| t.links[p].as_ref().is_some_and(|l| l.single_copy))
+        .collect();
     tracing::debug!(
         rank,
         size,
         peers = peers.len(),
         ring_bytes = opts.ring_bytes,
+        single_copy_min = ?opts.single_copy_min,
+        single_copy_to = ?single_copy,
         "shm transport connected"
     );
     Ok(t)
@@ -473,6 +631,157 @@ impl ShmTransport {
     }
 }
 
+/// Withdraws `l`'s open window, if the peer has not read all of it: from
+/// now on the caller's memory may change, so the peer must not read it.
+/// Waits (briefly) for a read under way to end; the stream is broken after.
+fn give_up_window(l: &mut Link) {
+    let Some(w) = l.window.take() else { return };
+    let ack = &l.tx.header().window_ack.0;
+    if ack.done.load(Ordering::Acquire) >= w.end {
+        l.tx.header()
+            .window
+            .0
+            .state
+            .store(2 * l.generation, Ordering::Release);
+        return;
+    }
+    l.abandoned = true;
+    // Paired with the reader's `reading` then `revoked` (both SeqCst): either
+    // it sees `revoked` and does not read, or this sees `reading` and waits.
+    l.tx.header().window.0.revoked.store(1, Ordering::SeqCst);
+    let until = Instant::now() + REVOKE_WAIT;
+    while ack.reading.load(Ordering::SeqCst) != 0
+        && Instant::now() < until
+        && raw::process_alive(l.pid, l.start)
+    {
+        std::thread::yield_now();
+    }
+    l.ring_peer();
+}
+
+impl ShmTransport {
+    /// `recv`, with `bounce` for reads out of the peer's memory.
+    fn recv_with(
+        &mut self,
+        peer: usize,
+        max: usize,
+        granule: usize,
+        sink: &mut dyn FnMut(&[u8]),
+        bounce: &mut Vec<u8>,
+    ) -> Result<usize, TransportError> {
+        let link = self.link(peer)?;
+        let granule = granule.max(1);
+        if granule > link.rx.capacity() {
+            return Err(TransportError::Io {
+                peer,
+                reason: format!(
+                    "element of {granule} bytes is larger than the {}-byte ring (raise BRAID_SHM_RING)",
+                    link.rx.capacity()
+                ),
+            });
+        }
+        let mut lent = link.rx.pop(max, granule, sink);
+        let mut window_left = 0u64;
+        if let Some((addr, start, end)) = link.incoming_window() {
+            // While a window is open the sender adds nothing to the ring, so
+            // what the ring still holds comes before the window.
+            let ring_left = link.rx.available();
+            let mut done = link.rx.header().window_ack.0.done.load(Ordering::Relaxed);
+            let publish = |link: &Link, done: u64| {
+                link.rx
+                    .header()
+                    .window_ack
+                    .0
+                    .done
+                    .store(done, Ordering::Release)
+            };
+            if bounce.len() < BOUNCE_BYTES.max(granule) {
+                bounce.resize(BOUNCE_BYTES.max(granule), 0);
+            }
+            let mut ready = ring_left == 0;
+            if ring_left > 0
+                && ring_left < granule
+                && end - done >= (granule - ring_left) as u64
+                && max - lent >= granule
+            {
+                // One element starts in the ring and ends in the window.
+                let mut at = 0usize;
+                link.rx.pop(ring_left, 1, &mut |b| {
+                    bounce[at..at + b.len()].copy_from_slice(b);
+                    at += b.len();
+                });
+                read_window(
+                    link,
+                    peer,
+                    addr + (done - start),
+                    &mut bounce[ring_left..granule],
+                )?;
+                sink(&bounce[..granule]);
+                done += (granule - ring_left) as u64;
+                publish(link, done);
+                lent += granule;
+                ready = true;
+            }
+            while ready && lent < max {
+                let mut n = (end - done)
+                    .min((max - lent) as u64)
+                    .min(bounce.len() as u64) as usize;
+                n -= n % granule;
+                if n == 0 {
+                    break;
+                }
+                read_window(link, peer, addr + (done - start), &mut bounce[..n])?;
+                sink(&bounce[..n]);
+                done += n as u64;
+                publish(link, done);
+                lent += n;
+            }
+            window_left = end - done;
+        }
+        if lent > 0 {
+            // Space was freed or window bytes read: the sender may be
+            // waiting for that.
+            link.ring_peer();
+        } else if link.gone() && link.rx.available() < granule && window_left == 0 {
+            // Checked after the closed flag, so bytes published before the
+            // peer closed are never lost.
+            return Err(TransportError::PeerClosed { peer });
+        } else if link.gone() && !raw::process_alive(link.pid, link.start) {
+            return Err(TransportError::PeerClosed { peer });
+        }
+        Ok(lent)
+    }
+}
+
+/// Copies window bytes at `addr` of `link`'s peer into `dst`, unless the
+/// peer has withdrawn the window.
+fn read_window(link: &Link, peer: usize, addr: u64, dst: &mut [u8]) -> Result<(), TransportError> {
+    let h = link.rx.header();
+    let ack = &h.window_ack.0;
+    ack.reading.store(1, Ordering::SeqCst);
+    if h.window.0.revoked.load(Ordering::SeqCst) != 0 {
+        ack.reading.store(0, Ordering::SeqCst);
+        return Err(TransportError::Io {
+            peer,
+            reason: format!("rank {peer} gave up the message it was sending (its call failed)"),
+        });
+    }
+    let result = raw::read_process(link.pid, addr, dst);
+    ack.reading.store(0, Ordering::SeqCst);
+    result.map_err(|e| {
+        if e.raw_os_error() == Some(libc::ESRCH) || !raw::process_alive(link.pid, link.start) {
+            TransportError::PeerClosed { peer }
+        } else {
+            TransportError::Io {
+                peer,
+                reason: format!(
+                    "reading the message straight from rank {peer}'s memory failed: {e}"
+                ),
+            }
+        }
+    })
+}
+
 impl Transport for ShmTransport {
     fn rank(&self) -> usize {
         self.rank
@@ -487,15 +796,103 @@ impl Transport for ShmTransport {
     }
 
     fn send(&mut self, peer: usize, parts: &[&[u8]]) -> Result<usize, TransportError> {
+        let single_copy_min = self.single_copy_min;
         let link = self.link(peer)?;
         if link.gone() {
             return Err(TransportError::PeerClosed { peer });
         }
-        let n = link.tx.push(parts);
-        if n > 0 {
-            link.ring_peer();
+        let mut taken = 0usize;
+        if let Some(w) = &mut link.window {
+            // The offer continues where the last report left off, inside the
+            // window: report what the peer has read since, and grow the
+            // window over the rest of the offer's first part.
+            let first = parts.iter().find(|p| !p.is_empty()).copied().unwrap_or(&[]);
+            let continues = first.as_ptr() as u64 == w.addr + (w.reported - w.start);
+            if w.reported < w.end && !first.is_empty() && !continues {
+                return Err(TransportError::Io {
+                    peer,
+                    reason: "internal error: a send does not continue the message in flight; this is a braid bug".into(),
+                });
+            }
+            // An offer after the whole window was reported may be a new
+            // message elsewhere: it extends the window only if contiguous.
+            let run = if continues { contiguous_run(parts) } else { 0 };
+            let offered = w.reported + run as u64;
+            let done = link
+                .tx
+                .header()
+                .window_ack
+                .0
+                .done
+                .load(Ordering::Acquire)
+                .min(offered);
+            taken = (done - w.reported) as usize;
+            w.reported = done;
+            if done < w.end || offered > w.end {
+                if offered > w.end {
+                    w.end = offered;
+                    link.tx
+                        .header()
+                        .window
+                        .0
+                        .end
+                        .store(offered, Ordering::Release);
+                    link.ring_peer();
+                }
+                return Ok(taken);
+            }
+            // Read to the end: close it; the rest of the offer goes on below.
+            link.window = None;
+            link.tx
+                .header()
+                .window
+                .0
+                .state
+                .store(2 * link.generation, Ordering::Release);
         }
-        Ok(n)
+        let rest = skip_bytes(parts, taken);
+        let big = single_copy_min
+            .filter(|_| link.single_copy)
+            .and_then(|min| rest.iter().position(|p| p.len() >= min.max(1)));
+        let Some(big) = big else {
+            let n = link.tx.push(&rest);
+            if n > 0 {
+                link.ring_peer();
+            }
+            return Ok(taken + n);
+        };
+        // Small parts before the large one (the message header) go through
+        // the ring; the large part becomes a window the peer reads from.
+        let small: usize = rest[..big].iter().map(|p| p.len()).sum();
+        let n = link.tx.push(&rest[..big]);
+        taken += n;
+        if n < small {
+            if n > 0 {
+                link.ring_peer();
+            }
+            return Ok(taken);
+        }
+        let part = rest[big];
+        let h = &link.tx.header().window.0;
+        let start = h.end.load(Ordering::Relaxed);
+        let w = OpenWindow {
+            addr: part.as_ptr() as u64,
+            start,
+            end: start + contiguous_run(&rest[big..]) as u64,
+            reported: start,
+        };
+        link.generation += 1;
+        h.ring_pos.store(
+            link.tx.header().head.0.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        h.addr.store(w.addr, Ordering::Relaxed);
+        h.start.store(w.start, Ordering::Relaxed);
+        h.end.store(w.end, Ordering::Release);
+        h.state.store(2 * link.generation + 1, Ordering::Release);
+        link.window = Some(w);
+        link.ring_peer();
+        Ok(taken)
     }
 
     fn recv(
@@ -505,27 +902,16 @@ impl Transport for ShmTransport {
         granule: usize,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<usize, TransportError> {
-        let link = self.link(peer)?;
-        let granule = granule.max(1);
-        if granule > link.rx.capacity() {
-            return Err(TransportError::Io {
-                peer,
-                reason: format!(
-                    "element of {granule} bytes is larger than the {}-byte ring (raise BRAID_SHM_RING)",
-                    link.rx.capacity()
-                ),
-            });
+        let mut bounce = std::mem::take(&mut self.bounce);
+        let result = self.recv_with(peer, max, granule, sink, &mut bounce);
+        self.bounce = bounce;
+        result
+    }
+
+    fn abandon(&mut self) {
+        for l in self.links.iter_mut().flatten() {
+            give_up_window(l);
         }
-        let n = link.rx.pop(max, granule, sink);
-        if n > 0 {
-            // Space was freed: the sender may be waiting for it.
-            link.ring_peer();
-        } else if link.gone() && link.rx.available() < granule {
-            // Checked after the closed flag, so bytes published before the
-            // peer closed are never lost.
-            return Err(TransportError::PeerClosed { peer });
-        }
-        Ok(n)
     }
 
     fn wait(&mut self, deadline: Instant) -> Result<(), TransportError> {
@@ -588,6 +974,7 @@ impl Transport for ShmTransport {
 
 impl Drop for ShmTransport {
     fn drop(&mut self) {
+        self.abandon();
         for l in self.links.iter().flatten() {
             l.rx.header()
                 .meta

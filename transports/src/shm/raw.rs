@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Marks a ring or doorbell segment of this transport ("BRAIDSHM").
 pub const MAGIC: u64 = 0x4252_4149_4453_484d;
 /// Layout version of the headers below; an opener refuses any other.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Where a ring's data area starts in its segment (one page, so the data is
 /// page-aligned and the header never shares a line with it).
 pub const DATA_OFFSET: usize = 4096;
@@ -55,6 +55,45 @@ pub struct RingHeader {
     pub head: Line<AtomicU64>,
     /// Bytes ever consumed; only the receiver stores it.
     pub tail: Line<AtomicU64>,
+    /// The single-copy window the sender opens on a large message.
+    pub window: Line<Window>,
+    /// The receiver's side of the window.
+    pub window_ack: Line<WindowAck>,
+}
+
+/// A large message the receiver copies straight out of the sender's memory
+/// (`process_vm_readv`) instead of through the ring. Window bytes are
+/// counted cumulatively over all windows of the ring: window `g` holds
+/// bytes `start..end` of that count, byte `x` at `addr + (x - start)` in the
+/// sender's address space, and comes in the stream after ring byte
+/// `ring_pos`. Written by the sender only; `addr`, `start` and `ring_pos`
+/// change only while the window is closed (a seqlock on `state`).
+#[repr(C)]
+pub struct Window {
+    /// `2g + 1` while window `g` is open, even while closed.
+    pub state: AtomicU64,
+    pub ring_pos: AtomicU64,
+    pub addr: AtomicU64,
+    pub start: AtomicU64,
+    /// Window bytes ever offered (grows while a window is open).
+    pub end: AtomicU64,
+    /// Set when the sender gives up on a message (its call failed): its
+    /// memory may change from then on, so the receiver must not read it.
+    pub revoked: AtomicU32,
+    /// The sender's address of this ring's mapping, for the receiver's probe.
+    pub sender_base: AtomicU64,
+}
+
+/// Written by the receiver only.
+#[repr(C)]
+pub struct WindowAck {
+    /// Window bytes ever consumed (read and lent).
+    pub done: AtomicU64,
+    /// 1 while a read of the sender's memory is under way.
+    pub reading: AtomicU32,
+    /// Whether the receiver can and will read the sender's memory:
+    /// 0 undecided, 1 yes, 2 no (the kernel refused, or it is switched off).
+    pub enabled: AtomicU32,
 }
 
 /// The header of a rank's doorbell segment: the futex word its `wait` sleeps
@@ -361,6 +400,11 @@ impl Producer {
         self.map.ring_header()
     }
 
+    /// The address of this ring's mapping in this process.
+    pub fn base(&self) -> u64 {
+        self.map.base()
+    }
+
     /// Copies as much of the concatenation of `parts` as fits; returns the
     /// bytes taken and publishes them (Release).
     pub fn push(&mut self, parts: &[&[u8]]) -> usize {
@@ -497,6 +541,51 @@ impl Consumer {
             .store(tail.wrapping_add(want as u64), Ordering::Release);
         want
     }
+}
+
+impl Mapping {
+    /// This mapping's address in this process (the probe target peers read).
+    pub fn base(&self) -> u64 {
+        self.ptr as u64
+    }
+}
+
+/// Copies `dst.len()` bytes from address `addr` of process `pid` into `dst`
+/// (cross-memory attach, one copy). Fails when the kernel refuses (no
+/// permission to ptrace the peer, seccomp, no such process) or the range is
+/// not mapped there.
+pub fn read_process(pid: u32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < dst.len() {
+        let local = libc::iovec {
+            iov_base: dst[done..].as_mut_ptr().cast(),
+            iov_len: dst.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: dst.len() - done,
+        };
+        // SAFETY: `local` describes the writable slice `dst[done..]`, which
+        // the kernel fills and nothing else touches during the call; the
+        // remote range is only read, in the other process, by the kernel,
+        // which checks that it is mapped there (EFAULT otherwise).
+        let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "process_vm_readv copied nothing",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// CPU time this thread has used (for tests that check waiting sleeps).

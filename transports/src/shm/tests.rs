@@ -16,10 +16,13 @@ fn job() -> u64 {
     h.finish()
 }
 
+/// A ring of `ring` bytes; offers of 1 KiB and more go by single copy, so
+/// the stream tests mix ring bytes and windows in every way.
 fn small(ring: usize) -> ShmOptions {
     ShmOptions {
         ring_bytes: ring,
         spin: Duration::from_micros(20),
+        single_copy_min: Some(1024),
     }
 }
 
@@ -135,8 +138,12 @@ fn pump(ep: &mut ShmTransport, outs: &mut [Out], ins: &mut [In], deadline: Insta
 
 /// Every pair of `n` ranks streams `len`-ish bytes both ways at once.
 fn all_pairs(n: usize, len: usize, ring: usize) {
+    all_pairs_with(n, len, &small(ring));
+}
+
+fn all_pairs_with(n: usize, len: usize, opts: &ShmOptions) {
     let job_id = job();
-    let eps = group(n, job_id, &small(ring));
+    let eps = group(n, job_id, opts);
     assert!(leftovers(job_id).is_empty(), "{:?}", leftovers(job_id));
     let deadline = Instant::now() + Duration::from_secs(60);
     let granules = [1usize, 2, 4, 8, 3, 12];
@@ -184,6 +191,15 @@ fn all_pairs(n: usize, len: usize, ring: usize) {
 #[test]
 fn two_ranks_stream_both_ways_through_a_small_ring() {
     all_pairs(2, 3_000_000, 64 << 10);
+}
+
+#[test]
+fn two_ranks_stream_through_the_rings_only() {
+    let opts = ShmOptions {
+        single_copy_min: None,
+        ..small(64 << 10)
+    };
+    all_pairs_with(2, 3_000_000, &opts);
 }
 
 #[test]
@@ -247,7 +263,11 @@ fn large_elements_straddle_the_wrap_point() {
 
 #[test]
 fn a_full_ring_refuses_more_until_drained() {
-    let mut eps = group(2, job(), &small(4096));
+    let rings_only = ShmOptions {
+        single_copy_min: None,
+        ..small(4096)
+    };
+    let mut eps = group(2, job(), &rings_only);
     let (a, b) = eps.split_at_mut(1);
     assert_eq!(a[0].send(1, &[&[7; 3000], &[8; 3000]]).unwrap(), 4096);
     assert_eq!(a[0].send(1, &[&[9; 10]]).unwrap(), 0);
@@ -258,6 +278,54 @@ fn a_full_ring_refuses_more_until_drained() {
     );
     assert_eq!(got, 1000);
     assert_eq!(a[0].send(1, &[&[9; 2000]]).unwrap(), 1000);
+}
+
+/// A large part is read by the receiver straight from the sender's memory:
+/// the sender reports it taken only once read; a message given up mid-way
+/// is never read after `abandon` returns.
+#[test]
+fn large_messages_are_read_in_place_and_can_be_withdrawn() {
+    let mut eps = group(2, job(), &small(4096));
+    let (a, b) = eps.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    assert!(
+        a.links[1].as_ref().unwrap().single_copy,
+        "the kernel refused process_vm_readv here"
+    );
+    let header = [1u8; 40];
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    // The header goes through the ring; the payload waits for the reader.
+    assert_eq!(a.send(1, &[&header, &payload[..300_000]]).unwrap(), 40);
+    let mut got = Vec::new();
+    let n = b
+        .recv(0, 40 + 100_000, 1, &mut |s| got.extend_from_slice(s))
+        .unwrap();
+    assert_eq!(n, 40 + 100_000);
+    assert_eq!(&got[..40], &header);
+    // Read so far is taken; the offer grows the window over the rest.
+    assert_eq!(a.send(1, &[&payload[..1_000_000]]).unwrap(), 100_000);
+    while got.len() < 40 + 1_000_000 {
+        let want = 40 + 1_000_000 - got.len();
+        b.recv(0, want, 4, &mut |s| got.extend_from_slice(s))
+            .unwrap();
+    }
+    assert!(got[40..] == payload[..], "window bytes differ");
+    assert_eq!(a.send(1, &[&payload[100_000..]]).unwrap(), 900_000);
+    // A new message (not contiguous) closes the window and goes on.
+    let other = vec![5u8; 50_000];
+    assert_eq!(a.send(1, &[&header, &other]).unwrap(), 40);
+    let mut got = Vec::new();
+    b.recv(0, 40 + 10, 1, &mut |s| got.extend_from_slice(s))
+        .unwrap();
+    assert_eq!(got.len(), 50);
+    // The sender gives up: the reader gets an error, not the bytes.
+    a.abandon();
+    let err = b.recv(0, 1000, 1, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("gave up") || err.contains("closed"), "{err}");
+    assert!(
+        a.send(1, &[b"x"]).is_err(),
+        "the stream is broken after abandon"
+    );
 }
 
 #[test]
