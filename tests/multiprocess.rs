@@ -178,11 +178,14 @@ static SHM_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn every_collective_exact_over_shared_memory() {
     let _one_at_a_time = SHM_TESTS.lock().unwrap_or_else(|p| p.into_inner());
-    for n in [2, 3, 4, 8] {
-        let results = wait_all(
-            spawn_ranks(n, "sweep", &[("BRAID_TRANSPORT", "shm".into())]),
-            Duration::from_secs(240),
-        );
+    // The rings at every size, and at N = 4 messages from 1 KiB read
+    // straight out of the sender's memory (single copy).
+    for (n, single_copy) in [(2, "off"), (3, "off"), (4, "off"), (8, "off"), (4, "1K")] {
+        let env = [
+            ("BRAID_TRANSPORT", "shm".to_string()),
+            ("BRAID_SHM_CMA", single_copy.to_string()),
+        ];
+        let results = wait_all(spawn_ranks(n, "sweep", &env), Duration::from_secs(240));
         assert_sweep_ok(&results);
     }
     assert_eq!(

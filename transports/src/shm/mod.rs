@@ -64,8 +64,11 @@ pub const MIN_RING_BYTES: usize = 4 << 10;
 pub const MAX_RING_BYTES: usize = 1 << 30;
 /// Default busy-wait before sleeping.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
-/// Default smallest message copied once, straight from the sender's memory.
-pub const DEFAULT_SINGLE_COPY_MIN: usize = 64 << 10;
+/// Whether large messages go by single copy unless `BRAID_SHM_CMA` says
+/// otherwise: off, because on the hosts measured so far (docs/performance.md)
+/// `process_vm_readv` copies at 6-7 GB/s where two cached memcpys through a
+/// ring reach 15-20 GB/s, and all-reduce ran at half the bus bandwidth.
+pub const DEFAULT_SINGLE_COPY_MIN: Option<usize> = None;
 /// Bytes a receiver copies out of a sender's memory per read: small enough
 /// to stay in cache between the copy and the caller's reduce or copy.
 const BOUNCE_BYTES: usize = 256 << 10;
@@ -94,7 +97,7 @@ impl Default for ShmOptions {
         ShmOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             spin: DEFAULT_SPIN,
-            single_copy_min: Some(DEFAULT_SINGLE_COPY_MIN),
+            single_copy_min: DEFAULT_SINGLE_COPY_MIN,
         }
     }
 }
