@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Turns the output of tcp_vs_openmpi.sh into a markdown table: per collective
+"""Turns the output of vs_openmpi.sh into a markdown table: per collective
 and size, Open MPI's and braid's median time and busbw in each round, and the
 busbw ratio braid / Open MPI of the same round (interleaved pairs)."""
 import re
 import sys
 
 MPI_NAMES = {"allreduce": "all_reduce", "allgather": "all_gather", "bcast": "broadcast",
-             "reduce_scatter": "reduce_scatter"}
+             "reduce_scatter": "reduce_scatter", "reduce": "reduce", "gather": "gather",
+             "scatter": "scatter", "alltoall": "all_to_all"}
+OPS = ["all_reduce", "all_gather", "broadcast", "reduce_scatter", "reduce", "gather", "scatter",
+       "all_to_all"]
 
 
 def parse(path):
@@ -14,9 +17,14 @@ def parse(path):
     fps = {}
     impl = rnd = op = None
     for line in open(path):
-        m = re.match(r"## round (\d+): (Open MPI|braid)", line)
+        m = re.match(r"## round (\d+): (Open MPI|braid|memcpy)", line)
         if m:
-            rnd, impl = int(m.group(1)), ("ompi" if m.group(2) == "Open MPI" else "braid")
+            rnd = int(m.group(1))
+            impl = {"Open MPI": "ompi", "braid": "braid", "memcpy": "memcpy"}[m.group(2)]
+            continue
+        f = line.split()
+        if impl == "memcpy" and len(f) >= 4 and f[0].isdigit():
+            fps[("memcpy", rnd, int(f[0]))] = float(f[3])
             continue
         m = re.search(r"round trip: median ([\d.]+) ns", line)
         if m and rnd is not None:
@@ -46,9 +54,12 @@ def main():
     rounds = sorted({k[1] for k in rows})
     print("fingerprints (ns): " + ", ".join(f"round {r}: Open MPI {fps.get(('ompi', r), '?')}, braid {fps.get(('braid', r), '?')}" for r in rounds))
     print()
+    print()
     print("| collective | size | Open MPI µs | braid µs | Open MPI busbw | braid busbw | braid / Open MPI |")
     print("|---|---|---|---|---|---|---|")
-    ops = ["all_reduce", "all_gather", "broadcast", "reduce_scatter"]
+    for key in sorted(k for k in fps if k[0] == "memcpy"):
+        print(f"memcpy round {key[1]}, {human(key[2])}: {fps[key]:.2f} GB/s")
+    ops = [op for op in OPS if any(k[2] == op for k in rows)]
     sizes = sorted({k[3] for k in rows})
     for op in ops:
         for b in sizes:
