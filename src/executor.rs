@@ -333,7 +333,15 @@ fn run_steps<T: Element>(
                     }
                     check_header(&r.header, expected, r.peer, payload_len)?;
                 }
-                if r.got < payload_len {
+                if r.got < payload_len && !r.reduce {
+                    // A plain copy: the transport writes straight into place.
+                    let dst: &mut [u8] = bytemuck::cast_slice_mut(bufs.write(r.region)?);
+                    let n = transport
+                        .recv_into(r.peer, &mut dst[r.got..])
+                        .map_err(|e| transport_error(e, plan, step_index))?;
+                    r.got += n;
+                    progressed |= n > 0;
+                } else if r.got < payload_len {
                     let dst = bufs.write(r.region)?;
                     let (reduce, got) = (r.reduce, &mut r.got);
                     let n = transport

@@ -102,6 +102,18 @@ pub trait Transport: Send {
         granule: usize,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<usize, TransportError>;
+    /// Receives up to `dst.len()` bytes from `peer` straight into `dst` (a
+    /// plain copy, nothing to reduce, so partial elements are fine); returns
+    /// the bytes written, 0 when nothing is there yet. Transports that can
+    /// read into the caller's memory directly (TCP) skip their own buffer;
+    /// the default copies what [`Transport::recv`] lends.
+    fn recv_into(&mut self, peer: usize, dst: &mut [u8]) -> Result<usize, TransportError> {
+        let mut at = 0usize;
+        self.recv(peer, dst.len(), 1, &mut |b| {
+            dst[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        })
+    }
     /// Blocks until something may have changed (data arrived, space freed, a
     /// peer closed) or `deadline` passes, whichever is first.
     fn wait(&mut self, deadline: Instant) -> Result<(), TransportError>;

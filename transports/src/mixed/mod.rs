@@ -161,6 +161,14 @@ impl Transport for MixedTransport {
         Ok(n)
     }
 
+    fn recv_into(&mut self, peer: usize, dst: &mut [u8]) -> Result<usize, TransportError> {
+        let n = self.part(peer)?.recv_into(peer, dst)?;
+        if n > 0 {
+            self.slice = FIRST_SLICE;
+        }
+        Ok(n)
+    }
+
     fn abandon(&mut self) {
         for t in &mut self.parts {
             t.abandon();

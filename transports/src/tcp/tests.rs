@@ -790,3 +790,56 @@ fn a_subset_of_peers_over_tcp() {
     assert!(err.contains("rank 0") || err.contains("[0]"), "{err}");
     assert!(err.contains("no authenticated connection"), "{err}");
 }
+
+/// Receives straight into the caller's buffer, interleaved with lent
+/// receives (which leave bytes in the transport's buffer): the stream stays
+/// whole and in order, with one socket per peer and with striping.
+#[test]
+fn receiving_into_place_keeps_the_stream_whole() {
+    for k in [1, 3] {
+        let mut ts = group(2, &opts(k), V4);
+        let mut b = ts.pop().unwrap();
+        let mut a = ts.pop().unwrap();
+        let len = 3_000_017;
+        let data = pattern(0, 1, len);
+        let expect = data.clone();
+        let sender = thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut sent = 0;
+            while sent < len {
+                let n = a.send(1, &[&data[sent..(sent + 70_001).min(len)]]).unwrap();
+                sent += n;
+                if n == 0 {
+                    a.wait(deadline).unwrap();
+                }
+            }
+            a
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = vec![0u8; len];
+        let mut at = 0usize;
+        let mut turn = 0usize;
+        while at < len {
+            turn += 1;
+            let n = if turn % 3 == 0 {
+                let want = (len - at).min(4099);
+                let mut w = at;
+                b.recv(0, want, 1, &mut |s| {
+                    got[w..w + s.len()].copy_from_slice(s);
+                    w += s.len();
+                })
+                .unwrap()
+            } else {
+                let end = (at + 500_009).min(len);
+                b.recv_into(0, &mut got[at..end]).unwrap()
+            };
+            at += n;
+            if n == 0 {
+                assert!(Instant::now() < deadline, "stalled at {at}");
+                b.wait(deadline).unwrap();
+            }
+        }
+        assert!(got == expect, "sockets per peer {k}: stream differs");
+        drop(sender.join().unwrap());
+    }
+}

@@ -106,6 +106,22 @@ struct Sock {
 }
 
 impl Sock {
+    /// Reads into `dst` until it is full or the socket has nothing more:
+    /// the bytes read (0 also when the peer closed: `eof` says which).
+    fn read_into(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        let mut got = 0usize;
+        while got < dst.len() && !self.eof {
+            match (&self.stream).read(&mut dst[got..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(got)
+    }
+
     /// One read into the receive buffer: the bytes read, 0 when none are
     /// there (would block), the buffer is full or the peer closed.
     fn fill(&mut self, min_cap: usize) -> io::Result<usize> {
@@ -652,6 +668,39 @@ impl Transport for TcpTransport {
             return Err(TransportError::PeerClosed { peer });
         }
         Ok(lent)
+    }
+
+    fn recv_into(&mut self, peer: usize, dst: &mut [u8]) -> Result<usize, TransportError> {
+        if self.k > 1 {
+            // Striped streams interleave segments: reassemble through recv.
+            let mut at = 0usize;
+            return self.recv(peer, dst.len(), 1, &mut |b| {
+                dst[at..at + b.len()].copy_from_slice(b);
+                at += b.len();
+            });
+        }
+        let p = self.peer_mut(peer)?;
+        let sock = &mut p.socks[0];
+        // Bytes already buffered come first, then the socket straight into
+        // the destination: one copy, by the kernel.
+        let buffered = sock.rx.len().min(dst.len());
+        dst[..buffered].copy_from_slice(&sock.rx.data()[..buffered]);
+        sock.rx.consume(buffered);
+        let read = if buffered < dst.len() && sock.rx.len() == 0 {
+            sock.read_into(&mut dst[buffered..]).map_err(|e| {
+                p.closed = is_closed(&e);
+                io_error(peer, "receive", 0, e)
+            })?
+        } else {
+            0
+        };
+        let n = buffered + read;
+        p.lent += n as u64;
+        if n == 0 && p.socks[0].eof && !dst.is_empty() {
+            p.closed = true;
+            return Err(TransportError::PeerClosed { peer });
+        }
+        Ok(n)
     }
 
     fn wait(&mut self, deadline: Instant) -> Result<(), TransportError> {
