@@ -17,6 +17,8 @@ use crate::{select, Config, Error, Result};
 const PLAN_CACHE_LIMIT: usize = 512;
 
 type PlanKey = (Algorithm, Shape, u64, usize);
+/// Plans remembered in front of the cache map.
+const RECENT_PLANS: usize = 4;
 
 /// One rank's handle on a group of ranks.
 ///
@@ -37,6 +39,8 @@ pub struct Communicator {
     sends_to: Vec<u64>,
     recvs_from: Vec<u64>,
     plans: HashMap<PlanKey, Arc<Plan>>,
+    /// The latest plans, looked up before the map.
+    recent_plans: Vec<(PlanKey, Arc<Plan>)>,
     scratch: Vec<u64>,
     staging: Vec<u64>,
 }
@@ -80,6 +84,7 @@ impl Communicator {
             sends_to: vec![0; size],
             recvs_from: vec![0; size],
             plans: HashMap::new(),
+            recent_plans: Vec::with_capacity(RECENT_PLANS),
             scratch: Vec::new(),
             staging: Vec::new(),
         }
@@ -636,8 +641,15 @@ impl Communicator {
             forced.unwrap_or_else(|| select::choose(shape.collective, bytes, self.size));
         let chunk_elems = (self.config.chunk_bytes / elem_size).max(1) as u64;
         let key = (algorithm, shape.clone(), chunk_elems, self.rank);
-        if let Some(plan) = self.plans.get(&key) {
+        // Loops repeat a few calls: compare with the latest plans before
+        // hashing.
+        if let Some((_, plan)) = self.recent_plans.iter().find(|(k, _)| *k == key) {
             return Ok(Arc::clone(plan));
+        }
+        if let Some(plan) = self.plans.get(&key) {
+            let plan = Arc::clone(plan);
+            self.remember_plan(key, Arc::clone(&plan));
+            return Ok(plan);
         }
         let plan = generate(algorithm, shape, self.rank, &PlanOptions { chunk_elems }).map_err(
             |e| match e {
@@ -657,8 +669,16 @@ impl Communicator {
             self.plans.clear();
         }
         let plan = Arc::new(plan);
-        self.plans.insert(key, Arc::clone(&plan));
+        self.plans.insert(key.clone(), Arc::clone(&plan));
+        self.remember_plan(key, Arc::clone(&plan));
         Ok(plan)
+    }
+
+    fn remember_plan(&mut self, key: PlanKey, plan: Arc<Plan>) {
+        if self.recent_plans.len() == RECENT_PLANS {
+            self.recent_plans.remove(0);
+        }
+        self.recent_plans.push((key, plan));
     }
 
     fn collective<T: Element>(

@@ -227,6 +227,36 @@ pub(crate) fn run_plan<T: Element>(
 fn run_steps<T: Element>(
     transport: &mut dyn Transport,
     plan: &Plan,
+    bufs: Buffers<'_, T>,
+    sent: &Fingerprint,
+    expected: &Fingerprint,
+    opts: &RunOptions,
+) -> Result<()> {
+    // The per-step lists live on between calls: small calls allocate nothing.
+    WORK.with(|w| {
+        let mut w = w.take();
+        let result = run_steps_with(&mut w, transport, plan, bufs, sent, expected, opts);
+        WORK.with(|slot| slot.replace(w));
+        result
+    })
+}
+
+/// The executor's lists, reused from call to call on each thread.
+#[derive(Default)]
+struct Work {
+    sends: Vec<PendingSend>,
+    recvs: Vec<PendingRecv>,
+    busy_stamp: Vec<u64>,
+}
+
+thread_local! {
+    static WORK: std::cell::Cell<Work> = std::cell::Cell::new(Work::default());
+}
+
+fn run_steps_with<T: Element>(
+    work: &mut Work,
+    transport: &mut dyn Transport,
+    plan: &Plan,
     mut bufs: Buffers<'_, T>,
     sent: &Fingerprint,
     expected: &Fingerprint,
@@ -234,11 +264,15 @@ fn run_steps<T: Element>(
 ) -> Result<()> {
     let size = std::mem::size_of::<T>();
     let chunk = (opts.chunk_bytes / size).max(1) * size;
-    let mut sends: Vec<PendingSend> = Vec::new();
-    let mut recvs: Vec<PendingRecv> = Vec::new();
+    let Work {
+        sends,
+        recvs,
+        busy_stamp,
+    } = work;
     // Marks a peer whose earlier message in this step is still moving, so that
     // each direction's messages go strictly in plan order.
-    let mut busy_stamp: Vec<u64> = vec![0; plan.nranks];
+    busy_stamp.clear();
+    busy_stamp.resize(plan.nranks, 0);
     let mut pass: u64 = 0;
 
     for (step_index, step) in plan.steps.iter().enumerate() {
@@ -273,7 +307,9 @@ fn run_steps<T: Element>(
             }
         }
 
-        let mut deadline = Instant::now() + opts.timeout;
+        // Set on the first pass that moves nothing, cleared by progress: the
+        // clock is read only while waiting, not on every busy pass.
+        let mut deadline: Option<Instant> = None;
         loop {
             pass += 1;
             let mut progressed = false;
@@ -368,15 +404,16 @@ fn run_steps<T: Element>(
             if all_done {
                 break;
             }
-            let now = Instant::now();
             if progressed {
-                deadline = now + opts.timeout;
+                deadline = None;
                 continue;
             }
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + opts.timeout);
             if now >= deadline {
                 return Err(timeout_error(
-                    &sends,
-                    &recvs,
+                    sends,
+                    recvs,
                     plan,
                     step_index,
                     opts.timeout,

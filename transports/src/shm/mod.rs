@@ -10,12 +10,16 @@
 //! the sink (an element straddling the wrap point is joined in a small
 //! buffer) and then advances `tail` (Release): no staging copy.
 //!
-//! Each rank also owns a doorbell segment `/braid-<job_id hex>-<rank>-bell`
-//! holding a futex word. Whoever publishes data to a rank, or frees ring
-//! space a rank may be waiting for, bumps that word and — only when the
-//! rank's sleeper count says it sleeps — wakes it. [`Transport::wait`] spins
-//! for [`ShmOptions::spin`] on the word, then sleeps on it with `FUTEX_WAIT`
-//! until the deadline, so ranks that outnumber cores do not burn them.
+//! [`Transport::wait`] spins for [`ShmOptions::spin`] watching the counters
+//! its peers move (ring heads, the tails of its outgoing rings, windows,
+//! closing flags: lines a peer writes only when it has something to say),
+//! then sleeps with `FUTEX_WAIT` on a word in its own doorbell segment
+//! `/braid-<job_id hex>-<rank>-bell` until the deadline. Whoever publishes a
+//! change to a rank checks that rank's sleeper count (after a fence, paired
+//! with the sleeper's second look) and only if it sleeps bumps the word and
+//! wakes it. The spin is long (1 ms) while this host's ranks fit its CPUs
+//! and short (20 µs, backing off) when they outnumber them, so ranks that
+//! outnumber cores do not burn them.
 //!
 //! Setting up ([`connect`]): every rank creates (`O_CREAT | O_EXCL`) its
 //! doorbell and its incoming rings — replacing a stale segment left by an
@@ -62,7 +66,9 @@ pub const DEFAULT_RING_BYTES: usize = 4 << 20;
 pub const MIN_RING_BYTES: usize = 4 << 10;
 /// Largest ring accepted.
 pub const MAX_RING_BYTES: usize = 1 << 30;
-/// Default busy-wait before sleeping.
+/// Busy-wait before sleeping while this host's ranks fit its CPUs.
+pub const SPIN_WITH_SPARE_CORES: Duration = Duration::from_millis(1);
+/// Busy-wait before sleeping when ranks outnumber CPUs.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 /// Whether large messages go by single copy unless `BRAID_SHM_CMA` says
 /// otherwise: off, because on the hosts measured so far (docs/performance.md)
@@ -83,8 +89,13 @@ pub struct ShmOptions {
     /// Bytes of each incoming ring's data area: a power of two from
     /// [`MIN_RING_BYTES`] to [`MAX_RING_BYTES`] (`BRAID_SHM_RING`).
     pub ring_bytes: usize,
-    /// How long `wait` polls before sleeping (`BRAID_SPIN_US`).
-    pub spin: Duration,
+    /// How long `wait` polls before sleeping (`BRAID_SPIN_US`); `None`
+    /// picks by the cores: [`SPIN_WITH_SPARE_CORES`] while this host's
+    /// ranks fit its online CPUs (a rank spinning takes no one's core, and
+    /// a futex wake-up costs tens of microseconds), [`DEFAULT_SPIN`] when
+    /// they outnumber them (a spinning rank would hold the core its peer
+    /// needs to answer).
+    pub spin: Option<Duration>,
     /// Messages (send offers) of at least this many bytes are copied once,
     /// by the receiver straight out of the sender's memory
     /// (`process_vm_readv`), where the kernel allows it; `None` sends
@@ -96,7 +107,7 @@ impl Default for ShmOptions {
     fn default() -> Self {
         ShmOptions {
             ring_bytes: DEFAULT_RING_BYTES,
-            spin: DEFAULT_SPIN,
+            spin: None,
             single_copy_min: DEFAULT_SINGLE_COPY_MIN,
         }
     }
@@ -124,7 +135,7 @@ impl ShmOptions {
                 })?;
         }
         if let Some(v) = get("BRAID_SPIN_US") {
-            opts.spin = parse_spin_us(&v)?;
+            opts.spin = Some(parse_spin_us(&v)?);
         }
         if let Some(v) = get("BRAID_SHM_CMA") {
             opts.single_copy_min = match v.trim() {
@@ -290,8 +301,27 @@ struct OpenWindow {
 }
 
 impl Link {
+    /// Wakes the peer if it sleeps (after publishing a change).
     fn ring_peer(&self) {
         self.bell.bell_header().bell.0.ring();
+    }
+
+    /// The sum of every counter and flag of this link the peer moves (each
+    /// only ever grows, so the sum changes when any does). Spinning reads
+    /// lines the peer writes only when it has something to say.
+    fn stamp(&self) -> u64 {
+        let (rx, tx) = (self.rx.header(), self.tx.header());
+        let a = Ordering::Acquire;
+        rx.head
+            .0
+            .load(a)
+            .wrapping_add(rx.window.0.state.load(a))
+            .wrapping_add(rx.window.0.end.load(a))
+            .wrapping_add(rx.window.0.revoked.load(a) as u64)
+            .wrapping_add(rx.meta.sender_closed.load(a) as u64)
+            .wrapping_add(tx.tail.0.load(a))
+            .wrapping_add(tx.window_ack.0.done.load(a))
+            .wrapping_add(tx.meta.receiver_closed.load(a) as u64)
     }
 
     /// The open incoming window: its address in the peer, the count of its
@@ -340,7 +370,10 @@ pub struct ShmTransport {
     spin: Duration,
     links: Vec<Option<Link>>,
     own_bell: Mapping,
-    seen: u32,
+    /// Each link's [`Link::stamp`] at the last look.
+    seen: Vec<u64>,
+    /// This host's ranks outnumber its online CPUs.
+    oversubscribed: bool,
     /// Consecutive waits whose spin found nothing; past a few, `wait` spins
     /// only now and then (the peers are likely descheduled: cores are shared
     /// or oversubscribed).
@@ -490,14 +523,19 @@ pub fn connect(
 
     // 3. Unlink every name once its other end has attached. From here on an
     // error drops `t`, which marks every ring closed for the peers.
-    let seen = own_bell.bell_header().bell.0.seq.load(Ordering::Acquire);
+    let oversubscribed = peers.len() >= raw::online_cpus();
     let t = ShmTransport {
         rank,
         size,
-        spin: opts.spin,
+        spin: opts.spin.unwrap_or(if oversubscribed {
+            DEFAULT_SPIN
+        } else {
+            SPIN_WITH_SPARE_CORES
+        }),
+        oversubscribed,
         links,
         own_bell,
-        seen,
+        seen: vec![0; size],
         spin_misses: 0,
         last_liveness: Instant::now(),
         single_copy_min: opts.single_copy_min,
@@ -616,21 +654,21 @@ impl ShmTransport {
         changed
     }
 
-    /// Whether the doorbell moved since the last look (and remember it).
-    fn rung(&mut self) -> bool {
-        let s = self
-            .own_bell
-            .bell_header()
-            .bell
-            .0
-            .seq
-            .load(Ordering::SeqCst);
-        if s != self.seen {
-            self.seen = s;
-            true
-        } else {
-            false
+    /// Whether anything this rank waits for moved since the last look (and
+    /// remember it): a peer's ring head, window or closing, or the space and
+    /// window reads a peer gave back.
+    fn moved(&mut self) -> bool {
+        let mut moved = false;
+        for (l, seen) in self.links.iter().zip(self.seen.iter_mut()) {
+            if let Some(l) = l {
+                let now = l.stamp();
+                if now != *seen {
+                    *seen = now;
+                    moved = true;
+                }
+            }
         }
+        moved
     }
 }
 
@@ -926,17 +964,19 @@ impl Transport for ShmTransport {
         let spin_until = Instant::now() + spin;
         let mut spins = 0u32;
         loop {
-            if self.rung() {
+            if self.moved() {
                 self.spin_misses = 0;
                 return Ok(());
             }
-            if Instant::now() >= spin_until.min(deadline) {
+            // The clock now and then only: reading it costs more than a look.
+            spins += 1;
+            if spins % 32 == 0 && Instant::now() >= spin_until.min(deadline) {
                 break;
             }
-            // A few pure spins, then yield between looks: on a shared or
-            // oversubscribed core the peer may need this core to answer.
-            spins += 1;
-            if spins < 64 {
+            // With spare cores, pure spinning; oversubscribed, a few pure
+            // spins, then yield between looks: the peer may need this core
+            // to answer.
+            if !self.oversubscribed || spins < 64 {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
@@ -963,12 +1003,16 @@ impl Transport for ShmTransport {
             let bell = &self.own_bell.bell_header().bell.0;
             bell.sleeping.fetch_add(1, Ordering::SeqCst);
             let s = bell.seq.load(Ordering::SeqCst);
-            if s == self.seen {
+            // After announcing the sleep, look once more (see Bell::ring).
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let moved = self.moved();
+            let bell = &self.own_bell.bell_header().bell.0;
+            if !moved {
                 let timeout = (deadline - now).min(LIVENESS_PERIOD);
                 raw::futex_wait(&bell.seq, s, timeout);
             }
             bell.sleeping.fetch_sub(1, Ordering::SeqCst);
-            if self.rung() {
+            if moved || self.moved() {
                 return Ok(());
             }
         }

@@ -134,10 +134,17 @@ const _: () = assert!(std::mem::size_of::<RingHeader>() <= DATA_OFFSET);
 const _: () = assert!(std::mem::size_of::<BellHeader>() <= DATA_OFFSET);
 
 impl Bell {
-    /// Tells the owner something changed; wakes it if it sleeps.
+    /// Wakes the owner if it sleeps, after the caller published a change
+    /// (a ring's head or tail, a window, a flag). A spinning owner watches
+    /// those values themselves, so an awake owner costs nothing here but a
+    /// read of `sleeping`, a line it rarely writes.
+    ///
+    /// Paired with the sleeper's `sleeping` increment, fence and second look
+    /// at the values: either it sees the change or this sees it sleeping.
     pub fn ring(&self) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) != 0 {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
             futex_wake(&self.seq);
         }
     }
@@ -370,6 +377,9 @@ pub fn proc_stat(pid: u32) -> Option<(char, u64)> {
 pub struct Producer {
     map: Mapping,
     cap: usize,
+    /// The consumer's `tail` at the last look: reloaded (a cache miss, as
+    /// the consumer wrote it) only when the space it leaves is too small.
+    tail_seen: u64,
 }
 
 /// The reading end of a ring.
@@ -393,7 +403,11 @@ impl Producer {
     /// the segment.
     pub fn new(map: Mapping) -> Option<Producer> {
         let cap = ring_cap(&map)?;
-        Some(Producer { map, cap })
+        Some(Producer {
+            map,
+            cap,
+            tail_seen: 0,
+        })
     }
 
     pub fn header(&self) -> &RingHeader {
@@ -410,7 +424,12 @@ impl Producer {
     pub fn push(&mut self, parts: &[&[u8]]) -> usize {
         let h = self.header();
         let head = h.head.0.load(Ordering::Relaxed);
-        let tail = h.tail.0.load(Ordering::Acquire);
+        let wanted: usize = parts.iter().map(|p| p.len()).sum();
+        let mut tail = self.tail_seen;
+        if self.cap - (head.wrapping_sub(tail) as usize) < wanted {
+            tail = h.tail.0.load(Ordering::Acquire);
+            self.tail_seen = tail;
+        }
         let used = head.wrapping_sub(tail) as usize;
         if used >= self.cap {
             return 0;
@@ -586,6 +605,13 @@ pub fn read_process(pid: u32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
         done += n as usize;
     }
     Ok(())
+}
+
+/// CPUs online on this host (at least 1).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf only reads a system setting.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    n.max(1) as usize
 }
 
 /// CPU time this thread has used (for tests that check waiting sleeps).

@@ -21,7 +21,7 @@ fn job() -> u64 {
 fn small(ring: usize) -> ShmOptions {
     ShmOptions {
         ring_bytes: ring,
-        spin: Duration::from_micros(20),
+        spin: Some(Duration::from_micros(20)),
         single_copy_min: Some(1024),
     }
 }
@@ -547,7 +547,7 @@ fn options_come_from_the_environment() {
     })
     .unwrap();
     assert_eq!(opts.ring_bytes, 64 << 10);
-    assert_eq!(opts.spin, Duration::from_micros(5));
+    assert_eq!(opts.spin, Some(Duration::from_micros(5)));
     for bad in ["3M", "1K", "lots", "2G"] {
         let err = ShmOptions::from_lookup(|n| (n == "BRAID_SHM_RING").then(|| bad.to_string()))
             .unwrap_err();
