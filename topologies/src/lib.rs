@@ -27,6 +27,12 @@ pub use sim::{
 mod blocks;
 pub use blocks::{block_offsets, even_blocks};
 
+pub mod cost;
+pub use cost::{
+    lower_bound, price, price_call, price_call_within, shape_for, tune, Breakdown, Candidate,
+    CostError, Estimate, Hosts, Injection, Link, Network, TuneOptions, Tuning,
+};
+
 mod bruck;
 mod halving_doubling;
 mod pairwise;
