@@ -1,0 +1,1956 @@
+//! The cost model: prices any set of plans on a network model by a
+//! discrete-event simulation of the plans, so a new topology is priced
+//! without a formula of its own, and picks the cheapest (algorithm, chunk)
+//! for a call ([`tune`]).
+//!
+//! ```
+//! use braid_topologies::{price_call, tune, Algorithm, Collective, Counts, Network,
+//!                        PlanOptions, Shape, TuneOptions};
+//! // 20 µs, 10 Gbit/s, 0.05 ns per byte reduced; textbook rounds.
+//! let net = Network::uniform(20e-6, 1.25e9).with_gamma(0.05e-9)
+//!     .with_buffer_bytes(0).with_pipeline_bytes(0);
+//! let shape = Shape::new(Collective::AllReduce, 8, 0, Counts::Single(1 << 20));
+//! let e = price_call(Algorithm::Ring, &shape, &PlanOptions::default(), &net, 4).unwrap();
+//! // 2(N−1)(α + S/(N·B)) + (N−1)/N·S·γ with S = 4 MiB.
+//! let s = (4u64 << 20) as f64;
+//! let want = 14.0 * (20e-6 + s / 8.0 / 1.25e9) + 7.0 / 8.0 * s * 0.05e-9;
+//! assert!((e.time - want).abs() < 1e-12);
+//! let t = tune(Collective::AllReduce, 8, 64, 4, &net, &TuneOptions::default()).unwrap();
+//! println!("{t}"); // the tuning table, cheapest first
+//! ```
+//!
+//! # The network model
+//! A [`Network`] gives every ordered pair of ranks a [`Link`]
+//! ([`Network::link`]): ranks on the same host ([`Hosts`]) use
+//! [`Network::intra`], the others [`Network::inter`] (one (α, B) for shared
+//! memory, another for TCP). A link has a latency α (seconds) and a
+//! bandwidth B (bytes per second) and is full duplex. Each rank has, per
+//! link class, one injection port and one ejection port ([`Injection`]):
+//! the messages a rank sends over that class share the injection port, the
+//! messages it receives share the ejection port, so a star's hub serialises
+//! its N−1 sends. The default port rate is the link's bandwidth (one NIC
+//! per rank); [`Injection::Unlimited`] gives the per-link model of the
+//! textbooks. [`Network::gamma`] is the reduction cost (seconds per byte
+//! folded), [`Network::copy`] the local copy cost, [`Network::overhead`] a
+//! per-message cost that holds the ports (LogGP's o and g in one).
+//!
+//! # What a plan is charged
+//! Each rank runs its plan's steps in order, as the executor does:
+//! 1. the step's local actions, one after another: a `Copy` of s bytes
+//!    costs `s·copy`, a `Reduce` `s·γ`;
+//! 2. then all of its messages at once. The k-th send of rank i to rank j
+//!    meets the k-th receive of j from i (FIFO per ordered pair).
+//!
+//! A message starts when its sender has posted it, the sender's port is
+//! free (first come, first served) and the pair's previous message of the
+//! step has left, **and** either the receiver has posted the step holding
+//! it (rendezvous, as in [`crate::simulate`]) or the message fits in what is
+//! left of the pair's buffer ([`Network::buffer_bytes`]: a socket buffer or
+//! shared-memory ring; the receiver picks it up when it gets to that step).
+//! With `buffer_bytes = 0` every message is a rendezvous: synchronous
+//! rounds, the textbooks' model.
+//!
+//! A message of s bytes that starts at t, with `w = s / min(B, port rate)`
+//! and `h = o + s / port rate`:
+//! * holds the sender's injection port for `h`, and the receiver's ejection
+//!   port for `h` from when that port is free (not before t);
+//! * has left the sender at `t + o + w`; is taken by the receiver's port
+//!   (`absorbed`) then, or when the receiver's port is done with it;
+//! * the sender's side is done when it is absorbed (the transport took the
+//!   bytes, held back only by a receiver that takes bytes slower);
+//! * lands at the receiver α after it is absorbed. A `Recv` is done then
+//!   (or when the receiver posts, for a buffered message);
+//! * a `RecvReduce` folds the bytes in as they arrive: the executor streams
+//!   payloads in pieces of [`Network::pipeline_bytes`] and reduces one piece
+//!   while the next is in flight, a two-stage pipeline that ends at
+//!   `max(landed + last piece·γ, first piece landed + s·γ)` (and not before
+//!   the receiver's earlier reductions and its posting). With
+//!   `pipeline_bytes = 0` the whole message lands first, then `s·γ`: the
+//!   textbook `α + s/B + s·γ`.
+//!
+//! A step ends when its sends are done and its receives are in; the next
+//! step starts then. The predicted time of the call is when the last rank
+//! ends its last step, every rank entering at 0.
+//!
+//! Events are processed in time order (a radix heap), so contention for a
+//! port is resolved first come, first served. Each rank also carries the
+//! breakdown of the longest chain of waits that ended at its current time
+//! ([`Breakdown`]): the critical path, split into latency, transfer,
+//! reduction, copy and contention.
+//!
+//! # Limits
+//! No congestion inside the network (only at the ranks' ports), no routing
+//! or switch topology, no per-piece costs, ports shared first come first
+//! served rather than fairly (a port faster than its links is reserved for
+//! `s/port rate` per message, which staggers concurrent messages), buffers
+//! freed only when the receiver posts, and the CPU cost of moving a
+//! transport's bytes is in α, B and o (only the plan's `Copy` actions pay
+//! [`Network::copy`]).
+//!
+//! # Cost of pricing
+//! Plans are compacted as they are generated, one rank at a time, on every
+//! core: a step becomes a template (local elements, messages with peers
+//! relative to the rank) shared between ranks and run-length encoded, so a
+//! ring all-reduce at 4096 ranks (33.5 million messages) fits in about ten
+//! megabytes and prices in about five seconds on two cores. [`tune`] avoids
+//! most of that work with [`lower_bound`] and by abandoning simulations that
+//! pass the best time so far (exact: the choice is the same;
+//! [`TuneOptions::exhaustive`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::{generate, Action, Algorithm, Collective, Counts, Plan, PlanError};
+use crate::{PlanOptions, Shape};
+
+// ---------------------------------------------------------------------------
+// Network model
+// ---------------------------------------------------------------------------
+
+/// How fast a rank can push bytes into (and take bytes out of) one class of
+/// links, all its peers together.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Injection {
+    /// One port per rank at the link's bandwidth (one NIC): sends to
+    /// different peers share it. The default.
+    Link,
+    /// No port limit: every link runs at its full bandwidth concurrently
+    /// (the per-link model of most closed forms).
+    Unlimited,
+    /// One port per rank at this rate, in bytes per second. A message then
+    /// moves at the lower of this and the link's bandwidth.
+    Limit(f64),
+}
+
+/// One class of links.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    /// Latency α in seconds, per message.
+    pub alpha: f64,
+    /// Bandwidth B in bytes per second.
+    pub bandwidth: f64,
+    /// The ranks' port limit on this class of links.
+    pub injection: Injection,
+}
+
+impl Link {
+    /// A link with latency `alpha` (seconds) and `bandwidth` (bytes per
+    /// second) and one port per rank at that bandwidth.
+    pub fn new(alpha: f64, bandwidth: f64) -> Link {
+        Link {
+            alpha,
+            bandwidth,
+            injection: Injection::Link,
+        }
+    }
+
+    /// The same link with another port limit.
+    pub fn with_injection(self, injection: Injection) -> Link {
+        Link { injection, ..self }
+    }
+
+    /// The port rate in bytes per second (infinite when unlimited).
+    fn port_rate(&self) -> f64 {
+        match self.injection {
+            Injection::Link => self.bandwidth,
+            Injection::Unlimited => f64::INFINITY,
+            Injection::Limit(r) => r,
+        }
+    }
+}
+
+/// Which host each rank runs on: ranks on the same host talk over
+/// [`Network::intra`], the others over [`Network::inter`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hosts {
+    /// Consecutive blocks of this many ranks per host (`srun
+    /// --ntasks-per-node`); 1 puts every rank on a host of its own.
+    Blocks(usize),
+    /// `map[r]` is the host of rank `r`.
+    Map(Vec<usize>),
+}
+
+/// Default [`Network::pipeline_bytes`]: braid's default `BRAID_CHUNK_BYTES`.
+pub const DEFAULT_PIPELINE_BYTES: u64 = 256 << 10;
+
+/// Default [`Network::buffer_bytes`]: braid's socket buffer and shared
+/// memory ring (`BRAID_SOCKET_BUFFER`, `BRAID_SHM_RING`).
+pub const DEFAULT_BUFFER_BYTES: u64 = 4 << 20;
+
+/// The network a plan is priced on. See the module documentation for what
+/// each parameter charges.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    /// Links between ranks on different hosts.
+    pub inter: Link,
+    /// Links between ranks on the same host.
+    pub intra: Link,
+    /// Which rank runs on which host.
+    pub hosts: Hosts,
+    /// γ: seconds per byte reduced (local `Reduce` and `RecvReduce`).
+    pub gamma: f64,
+    /// Seconds per byte of a local `Copy`.
+    pub copy: f64,
+    /// Seconds per message, at the sender, occupying its port.
+    pub overhead: f64,
+    /// Bytes per piece the executor streams a payload in (a `RecvReduce`
+    /// reduces one piece while the next is in flight); 0: no overlap.
+    pub pipeline_bytes: u64,
+    /// Bytes each ordered pair of ranks buffers (a socket buffer, a shared
+    /// memory ring): a send that fits starts as soon as its sender posts
+    /// it, before the receiver reaches its step; 0: rendezvous for every
+    /// message.
+    pub buffer_bytes: u64,
+}
+
+impl Network {
+    /// Every pair of ranks on one link class with latency `alpha` (seconds)
+    /// and `bandwidth` (bytes per second), one NIC per rank, no reduction,
+    /// copy or per-message cost, pieces of [`DEFAULT_PIPELINE_BYTES`].
+    pub fn uniform(alpha: f64, bandwidth: f64) -> Network {
+        let link = Link::new(alpha, bandwidth);
+        Network {
+            inter: link,
+            intra: link,
+            hosts: Hosts::Blocks(1),
+            gamma: 0.0,
+            copy: 0.0,
+            overhead: 0.0,
+            pipeline_bytes: DEFAULT_PIPELINE_BYTES,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+        }
+    }
+
+    /// The same network with reduction cost `gamma` (seconds per byte).
+    pub fn with_gamma(self, gamma: f64) -> Network {
+        Network { gamma, ..self }
+    }
+
+    /// The same network with local copy cost `copy` (seconds per byte).
+    pub fn with_copy(self, copy: f64) -> Network {
+        Network { copy, ..self }
+    }
+
+    /// The same network with a per-message `overhead` (seconds).
+    pub fn with_overhead(self, overhead: f64) -> Network {
+        Network { overhead, ..self }
+    }
+
+    /// The same network with pieces of `bytes` (0: no reduce overlap).
+    pub fn with_pipeline_bytes(self, bytes: u64) -> Network {
+        Network {
+            pipeline_bytes: bytes,
+            ..self
+        }
+    }
+
+    /// The same network with `bytes` of buffer per ordered pair (0:
+    /// rendezvous for every message).
+    pub fn with_buffer_bytes(self, bytes: u64) -> Network {
+        Network {
+            buffer_bytes: bytes,
+            ..self
+        }
+    }
+
+    /// The same network with the port limit `injection` on both link classes.
+    pub fn with_injection(self, injection: Injection) -> Network {
+        Network {
+            inter: self.inter.with_injection(injection),
+            intra: self.intra.with_injection(injection),
+            ..self
+        }
+    }
+
+    /// The same network with ranks placed on `hosts`, which talk among
+    /// themselves over `intra`.
+    pub fn with_hosts(self, hosts: Hosts, intra: Link) -> Network {
+        Network {
+            hosts,
+            intra,
+            ..self
+        }
+    }
+
+    /// The host of `rank` (`usize::MAX` when a [`Hosts::Map`] does not name it).
+    pub fn host_of(&self, rank: usize) -> usize {
+        match &self.hosts {
+            Hosts::Blocks(k) => rank / (*k).max(1),
+            Hosts::Map(m) => m.get(rank).copied().unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Whether ranks `i` and `j` share a host.
+    pub fn same_host(&self, i: usize, j: usize) -> bool {
+        self.host_of(i) == self.host_of(j)
+    }
+
+    /// The link between ranks `i` and `j`.
+    pub fn link(&self, i: usize, j: usize) -> &Link {
+        if self.same_host(i, j) {
+            &self.intra
+        } else {
+            &self.inter
+        }
+    }
+
+    /// Checks every parameter for a group of `nranks` ranks.
+    pub fn check(&self, nranks: usize) -> Result<(), CostError> {
+        let bad = |what: String| Err(CostError::Network(what));
+        for (name, l) in [("inter", &self.inter), ("intra", &self.intra)] {
+            if !(l.alpha.is_finite() && l.alpha >= 0.0) {
+                return bad(format!(
+                    "{name} latency must be finite and >= 0 seconds, got {}",
+                    l.alpha
+                ));
+            }
+            if !(l.bandwidth.is_finite() && l.bandwidth > 0.0) {
+                return bad(format!(
+                    "{name} bandwidth must be finite and > 0 bytes/s, got {}",
+                    l.bandwidth
+                ));
+            }
+            if let Injection::Limit(r) = l.injection {
+                if r.is_nan() || r <= 0.0 {
+                    return bad(format!(
+                        "{name} injection limit must be > 0 bytes/s, got {r}"
+                    ));
+                }
+            }
+        }
+        for (name, v) in [
+            ("gamma", self.gamma),
+            ("copy", self.copy),
+            ("overhead", self.overhead),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be finite and >= 0, got {v}"));
+            }
+        }
+        match &self.hosts {
+            Hosts::Blocks(0) => bad("Hosts::Blocks needs at least 1 rank per host".into()),
+            Hosts::Map(m) if m.len() < nranks => bad(format!(
+                "Hosts::Map names {} ranks but the group has {nranks}",
+                m.len()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Results and errors
+// ---------------------------------------------------------------------------
+
+/// Where the time of a critical path goes; the fields add up to its length.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Breakdown {
+    /// Link latency α and per-message overhead.
+    pub latency: f64,
+    /// Bytes on the wire: s / B.
+    pub transfer: f64,
+    /// Reduction (local `Reduce`, and the part of a `RecvReduce` after its
+    /// last byte landed).
+    pub reduce: f64,
+    /// Local copies.
+    pub copy: f64,
+    /// Waiting for a busy port or for the pair's previous message.
+    pub contention: f64,
+}
+
+impl Breakdown {
+    /// The length of the path.
+    pub fn total(&self) -> f64 {
+        self.latency + self.transfer + self.reduce + self.copy + self.contention
+    }
+}
+
+/// The predicted cost of a call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Estimate {
+    /// Seconds from every rank entering to the last rank leaving.
+    pub time: f64,
+    /// The rank that leaves last (the lowest such).
+    pub last_rank: usize,
+    /// The critical path that ends at `last_rank`.
+    pub critical_path: Breakdown,
+    /// Seconds at which each rank leaves.
+    pub rank_finish: Vec<f64>,
+    /// Messages, all ranks together.
+    pub messages: u64,
+    /// Bytes sent, all ranks together.
+    pub bytes: f64,
+    /// The most steps any rank runs.
+    pub max_steps: u64,
+}
+
+/// Why a plan could not be priced.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum CostError {
+    /// A network parameter is out of range.
+    #[error("bad network model: {0}")]
+    Network(String),
+    /// An argument other than the network is out of range.
+    #[error("invalid argument: {0}")]
+    Argument(String),
+    /// The plans could not be generated.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// `plans[index]` is not rank `index`'s plan of the group.
+    #[error(
+        "plans[{index}] is the plan of rank {plan_rank} of {plan_nranks}, expected rank {index} of {nranks}"
+    )]
+    WrongRank {
+        /// Position in the slice.
+        index: usize,
+        /// Its [`Plan::rank`].
+        plan_rank: usize,
+        /// Its [`Plan::nranks`].
+        plan_nranks: usize,
+        /// Plans given.
+        nranks: usize,
+    },
+    /// A message names a peer out of range or the rank itself.
+    #[error("rank {rank} step {step}: message peer {peer} is out of range 0..{nranks} or the rank itself")]
+    BadPeer {
+        /// The rank.
+        rank: usize,
+        /// The step.
+        step: u64,
+        /// The peer named.
+        peer: usize,
+        /// Ranks in the group.
+        nranks: usize,
+    },
+    /// A send and the receive it meets differ in length.
+    #[error("length mismatch: rank {src} (step {send_step}) sends {send_len} elements to rank {dst}, whose matching receive (step {recv_step}) expects {recv_len}")]
+    LengthMismatch {
+        /// Sender.
+        src: usize,
+        /// Receiver.
+        dst: usize,
+        /// Sender's step.
+        send_step: u64,
+        /// Receiver's step.
+        recv_step: u64,
+        /// Elements sent.
+        send_len: u64,
+        /// Elements expected.
+        recv_len: u64,
+    },
+    /// Some ranks never finish: a cycle of waits or a message nobody receives.
+    #[error("deadlock: {} rank(s) cannot finish: {detail}", stuck.len())]
+    Deadlock {
+        /// The ranks that cannot finish.
+        stuck: Vec<usize>,
+        /// What the first of them wait for.
+        detail: String,
+    },
+    /// A buffered message was never received.
+    #[error("unmatched message: rank {src} sends to rank {dst} in its step {send_step}, but rank {dst} finished without receiving it")]
+    Unmatched {
+        /// Sender.
+        src: usize,
+        /// Receiver.
+        dst: usize,
+        /// Sender's step.
+        send_step: u64,
+    },
+    /// The simulation passed `best` seconds, the time of a cheaper
+    /// candidate, and was abandoned ([`tune`] only).
+    #[error("slower than the best candidate so far ({best:e} s); abandoned")]
+    Pruned {
+        /// The time it could not beat.
+        best: f64,
+    },
+    /// The plans hold more messages than the caller allowed.
+    #[error(
+        "more than {limit} messages (the pricing budget); use larger chunks or raise the limit"
+    )]
+    Budget {
+        /// The limit.
+        limit: u64,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Compact plans
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Send,
+    Recv,
+    RecvReduce,
+}
+
+/// One message of a step template; `rel` is the peer minus the rank, mod N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Op {
+    elems: u64,
+    rel: u32,
+    kind: Kind,
+}
+
+impl Op {
+    fn key(&self) -> (u32, bool) {
+        (self.rel, self.kind != Kind::Send)
+    }
+}
+
+/// The messages of one template toward one peer in one direction:
+/// `ops[start..end]` of the template, in plan order.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    rel: u32,
+    recv: bool,
+    start: u32,
+    end: u32,
+}
+
+/// A step, compacted: local elements and messages (sorted by (peer,
+/// direction), plan order within).
+#[derive(Clone, Copy, Debug)]
+struct Tmpl {
+    copy: u64,
+    reduce: u64,
+    ops: u32,
+    nops: u32,
+    groups: u32,
+    ngroups: u32,
+}
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+/// Interned step templates.
+#[derive(Default)]
+struct Book {
+    ops: Vec<Op>,
+    groups: Vec<Group>,
+    tmpls: Vec<Tmpl>,
+    index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    /// Next template with the same hash.
+    chain: Vec<u32>,
+}
+
+fn mix(h: u64, v: u64) -> u64 {
+    (h.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+fn hash_step(copy: u64, reduce: u64, ops: &[Op]) -> u64 {
+    let mut h = mix(mix(0, copy), reduce);
+    for o in ops {
+        h = mix(h, o.elems);
+        h = mix(h, ((o.rel as u64) << 2) | o.kind as u64);
+    }
+    h
+}
+
+impl Book {
+    fn ops_of(&self, t: &Tmpl) -> &[Op] {
+        &self.ops[t.ops as usize..(t.ops + t.nops) as usize]
+    }
+
+    fn groups_of(&self, t: &Tmpl) -> &[Group] {
+        &self.groups[t.groups as usize..(t.groups + t.ngroups) as usize]
+    }
+
+    fn same(&self, id: u32, copy: u64, reduce: u64, ops: &[Op]) -> bool {
+        let t = &self.tmpls[id as usize];
+        t.copy == copy && t.reduce == reduce && self.ops_of(t) == ops
+    }
+
+    fn intern(&mut self, copy: u64, reduce: u64, ops: &[Op]) -> Result<u32, CostError> {
+        let h = hash_step(copy, reduce, ops);
+        let head = self.index.get(&h).copied().unwrap_or(NONE);
+        let mut cur = head;
+        while cur != NONE {
+            if self.same(cur, copy, reduce, ops) {
+                return Ok(cur);
+            }
+            cur = self.chain[cur as usize];
+        }
+        let too_many = || CostError::Argument("more than 2^32 distinct steps".into());
+        let id = u32::try_from(self.tmpls.len()).map_err(|_| too_many())?;
+        let op_start = u32::try_from(self.ops.len()).map_err(|_| too_many())?;
+        let group_start = u32::try_from(self.groups.len()).map_err(|_| too_many())?;
+        self.ops.extend_from_slice(ops);
+        for (k, o) in ops.iter().enumerate() {
+            let (rel, recv) = o.key();
+            match self.groups[group_start as usize..].last_mut() {
+                Some(g) if g.rel == rel && g.recv == recv => g.end = k as u32 + 1,
+                _ => self.groups.push(Group {
+                    rel,
+                    recv,
+                    start: k as u32,
+                    end: k as u32 + 1,
+                }),
+            }
+        }
+        self.tmpls.push(Tmpl {
+            copy,
+            reduce,
+            ops: op_start,
+            nops: ops.len() as u32,
+            groups: group_start,
+            ngroups: self.groups.len() as u32 - group_start,
+        });
+        self.chain.push(head);
+        self.index.insert(h, id);
+        Ok(id)
+    }
+}
+
+/// One rank's plan as runs of templates: (template, repetitions).
+#[derive(Default)]
+struct Compact {
+    runs: Vec<(u32, u32)>,
+    steps: u64,
+    sends: u64,
+    bytes: f64,
+}
+
+fn compact(
+    book: &mut Book,
+    plan: &Plan,
+    rank: usize,
+    ops: &mut Vec<Op>,
+    elem: f64,
+) -> Result<Compact, CostError> {
+    let n = plan.nranks;
+    let mut out = Compact::default();
+    for (si, step) in plan.steps.iter().enumerate() {
+        let (mut copy, mut reduce) = (0u64, 0u64);
+        ops.clear();
+        for a in &step.actions {
+            let (peer, elems, kind) = match *a {
+                Action::Copy { dst, .. } => {
+                    copy = copy.saturating_add(dst.len);
+                    continue;
+                }
+                Action::Reduce { dst, .. } => {
+                    reduce = reduce.saturating_add(dst.len);
+                    continue;
+                }
+                Action::Send { peer, src } => (peer, src.len, Kind::Send),
+                Action::Recv { peer, dst } => (peer, dst.len, Kind::Recv),
+                Action::RecvReduce { peer, dst } => (peer, dst.len, Kind::RecvReduce),
+            };
+            if peer >= n || peer == rank || n > u32::MAX as usize {
+                return Err(CostError::BadPeer {
+                    rank,
+                    step: si as u64,
+                    peer,
+                    nranks: n,
+                });
+            }
+            if kind == Kind::Send {
+                out.sends += 1;
+                out.bytes += elems as f64 * elem;
+            }
+            ops.push(Op {
+                elems,
+                rel: ((peer + n - rank) % n) as u32,
+                kind,
+            });
+        }
+        // Stable: plan order within one (peer, direction).
+        ops.sort_by_key(Op::key);
+        match out.runs.last_mut() {
+            Some((id, count)) if *count < u32::MAX && book.same(*id, copy, reduce, ops) => {
+                *count += 1
+            }
+            _ => {
+                let id = book.intern(copy, reduce, ops)?;
+                out.runs.push((id, 1));
+            }
+        }
+        out.steps += 1;
+    }
+    Ok(out)
+}
+
+/// Compacted plans of every rank.
+struct Compacted {
+    book: Book,
+    ranks: Vec<Compact>,
+}
+
+/// Generates and compacts every rank's plan, in parallel, giving up past
+/// `limit` messages.
+fn generate_compact(
+    algorithm: Algorithm,
+    shape: &Shape,
+    options: &PlanOptions,
+    elem: f64,
+    limit: u64,
+) -> Result<Compacted, CostError> {
+    let n = shape.nranks;
+    crate::check_shape(shape, 0)?;
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(n.div_ceil(64))
+        .max(1);
+    let sent = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let work = |lo: usize, hi: usize| -> Result<(Book, Vec<Compact>), CostError> {
+        let mut book = Book::default();
+        let mut ops = Vec::new();
+        let mut out = Vec::with_capacity(hi - lo);
+        for r in lo..hi {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let plan = generate(algorithm, shape, r, options)?;
+            let c = compact(&mut book, &plan, r, &mut ops, elem)?;
+            if sent.fetch_add(c.sends, Ordering::Relaxed) + c.sends > limit {
+                stop.store(true, Ordering::Relaxed);
+                return Err(CostError::Budget { limit });
+            }
+            out.push(c);
+        }
+        Ok((book, out))
+    };
+    let per = n.div_ceil(threads);
+    let parts: Vec<Result<(Book, Vec<Compact>), CostError>> = if threads == 1 {
+        vec![work(0, n)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (lo, hi) = (t * per, ((t + 1) * per).min(n));
+                    let work = &work;
+                    s.spawn(move || work(lo, hi))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(CostError::Argument("a plan generator panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    };
+    let mut merged: Option<Book> = None;
+    let mut ranks = Vec::with_capacity(n);
+    // Report the first error in rank order, a budget overrun last (other
+    // parts may have stopped early because of it).
+    let mut budget = None;
+    let mut ok = Vec::with_capacity(parts.len());
+    for p in parts {
+        match p {
+            Ok(x) => ok.push(x),
+            Err(CostError::Budget { limit }) => budget = Some(limit),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(limit) = budget {
+        return Err(CostError::Budget { limit });
+    }
+    for (book, mut part) in ok {
+        match merged.as_mut() {
+            None => merged = Some(book),
+            Some(global) => {
+                let remap = book
+                    .tmpls
+                    .iter()
+                    .map(|t| global.intern(t.copy, t.reduce, book.ops_of(t)))
+                    .collect::<Result<Vec<u32>, _>>()?;
+                for c in &mut part {
+                    for run in &mut c.runs {
+                        run.0 = remap[run.0 as usize];
+                    }
+                }
+            }
+        }
+        ranks.extend(part);
+    }
+    Ok(Compacted {
+        book: merged.unwrap_or_default(),
+        ranks,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The event simulation
+// ---------------------------------------------------------------------------
+
+/// Precomputed link class parameters.
+#[derive(Clone, Copy)]
+struct LinkP {
+    alpha: f64,
+    /// Wire rate: min(bandwidth, port rate).
+    wire: f64,
+    /// Port rate (infinite: no port).
+    port: f64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Cursor {
+    next: u32,
+    /// When the pair's previous message of this step left the sender.
+    free: f64,
+}
+
+#[derive(Default)]
+struct RankState {
+    run: usize,
+    left: u32,
+    step: u64,
+    tmpl: u32,
+    started: bool,
+    posted: bool,
+    done: bool,
+    /// Messages of the step not yet started (sends) or not yet in (receives).
+    pending: u32,
+    send_until: f64,
+    send_path: Breakdown,
+    path: Breakdown,
+    cursors: Vec<Cursor>,
+}
+
+/// A buffered message that reached its receiver before the receiver posted
+/// the step that takes it.
+#[derive(Clone, Copy)]
+struct Early {
+    from: u32,
+    elems: u64,
+    bytes: f64,
+    landed: f64,
+    wire: f64,
+    send_step: u64,
+    /// The path to `landed`.
+    path: Breakdown,
+}
+
+struct Msg {
+    rank: u32,
+    path: Breakdown,
+}
+
+/// The timing of one transfer.
+struct Flight {
+    /// When the receiver's port has taken the last byte (the sender is done).
+    absorbed: f64,
+    /// When the last byte has landed (`absorbed + α`).
+    landed: f64,
+    wire: f64,
+    /// The path to `absorbed`.
+    path: Breakdown,
+}
+
+/// A monotone priority queue (radix heap) of (time bits, event): every key
+/// pushed is at least the last one popped, as in any discrete-event
+/// simulation, so keys live in buckets by their highest bit that differs
+/// from the last popped key. Amortised O(1) push, O(log range) pop.
+struct RadixHeap {
+    last: u64,
+    len: usize,
+    buckets: Vec<Vec<(u64, u64)>>,
+    spare: Vec<(u64, u64)>,
+}
+
+impl RadixHeap {
+    fn new() -> Self {
+        RadixHeap {
+            last: 0,
+            len: 0,
+            buckets: (0..65).map(|_| Vec::new()).collect(),
+            spare: Vec::new(),
+        }
+    }
+
+    fn bucket(key: u64, last: u64) -> usize {
+        64 - (key ^ last).leading_zeros() as usize
+    }
+
+    fn push(&mut self, key: u64, value: u64) {
+        let key = key.max(self.last);
+        self.buckets[Self::bucket(key, self.last)].push((key, value));
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<(u64, u64)> {
+        if self.len == 0 {
+            return None;
+        }
+        if self.buckets[0].is_empty() {
+            let i = self.buckets.iter().position(|b| !b.is_empty())?;
+            let min = self.buckets[i].iter().map(|e| e.0).min()?;
+            self.last = min;
+            let mut moved =
+                std::mem::replace(&mut self.buckets[i], std::mem::take(&mut self.spare));
+            for e in moved.drain(..) {
+                self.buckets[Self::bucket(e.0, min)].push(e);
+            }
+            self.spare = moved;
+        }
+        self.len -= 1;
+        self.buckets[0].pop()
+    }
+}
+
+const EV_POST: u64 = 0;
+const EV_STEP_END: u64 = 1;
+const EV_RECV: u64 = 2;
+
+struct Engine<'a> {
+    book: &'a Book,
+    plans: &'a [Compact],
+    n: usize,
+    net: &'a Network,
+    links: [LinkP; 2],
+    elem: f64,
+    gamma: f64,
+    overhead: f64,
+    piece: f64,
+    buffer: f64,
+    st: Vec<RankState>,
+    /// Port free times, index rank * 2 + class (0 inter, 1 intra).
+    inj_free: Vec<f64>,
+    ej_free: Vec<f64>,
+    cpu_free: Vec<f64>,
+    /// Per receiver, buffered messages in arrival order.
+    early: Vec<Vec<Early>>,
+    heap: RadixHeap,
+    msgs: Vec<Msg>,
+    free_msgs: Vec<u32>,
+    /// Ranks to post at the current time.
+    work: Vec<usize>,
+    now: f64,
+    /// Give up (as [`CostError::Pruned`]) once the simulation passes this.
+    cutoff: f64,
+    finish: Vec<f64>,
+    finish_path: Vec<Breakdown>,
+}
+
+fn add(mut p: Breakdown, f: impl FnOnce(&mut Breakdown)) -> Breakdown {
+    f(&mut p);
+    p
+}
+
+impl<'a> Engine<'a> {
+    fn new(book: &'a Book, plans: &'a [Compact], net: &'a Network, elem: f64, cutoff: f64) -> Self {
+        let n = plans.len();
+        let lp = |l: &Link| LinkP {
+            alpha: l.alpha,
+            wire: l.bandwidth.min(l.port_rate()),
+            port: l.port_rate(),
+        };
+        let mut st = Vec::with_capacity(n);
+        st.resize_with(n, RankState::default);
+        let mut early = Vec::with_capacity(n);
+        early.resize_with(n, Vec::new);
+        Engine {
+            book,
+            plans,
+            n,
+            net,
+            links: [lp(&net.inter), lp(&net.intra)],
+            elem,
+            gamma: net.gamma,
+            overhead: net.overhead,
+            piece: net.pipeline_bytes as f64,
+            buffer: net.buffer_bytes as f64,
+            st,
+            inj_free: vec![0.0; 2 * n],
+            ej_free: vec![0.0; 2 * n],
+            cpu_free: vec![0.0; n],
+            early,
+            heap: RadixHeap::new(),
+            msgs: Vec::new(),
+            free_msgs: Vec::new(),
+            work: Vec::new(),
+            now: 0.0,
+            cutoff,
+            finish: vec![0.0; n],
+            finish_path: vec![Breakdown::default(); n],
+        }
+    }
+
+    fn push(&mut self, t: f64, kind: u64, idx: usize) {
+        // Non-negative floats order like their bit patterns.
+        self.heap
+            .push(t.max(self.now).to_bits(), (kind << 32) | idx as u64);
+    }
+
+    fn run(mut self) -> Result<(Vec<f64>, Vec<Breakdown>), CostError> {
+        for r in 0..self.n {
+            self.advance(r, Breakdown::default());
+        }
+        self.drain()?;
+        while let Some((bits, ev)) = self.heap.pop() {
+            self.now = f64::from_bits(bits);
+            if self.now > self.cutoff {
+                return Err(CostError::Pruned { best: self.cutoff });
+            }
+            let (kind, idx) = (ev >> 32, (ev & 0xffff_ffff) as usize);
+            match kind {
+                EV_POST => self.work.push(idx),
+                EV_STEP_END => {
+                    let path = self.st[idx].send_path;
+                    self.advance(idx, path);
+                }
+                _ => {
+                    let m = &self.msgs[idx];
+                    let (r, path) = (m.rank as usize, m.path);
+                    self.free_msgs.push(idx as u32);
+                    let s = &mut self.st[r];
+                    s.pending -= 1;
+                    if s.pending == 0 {
+                        self.step_complete(r, path, true);
+                    }
+                }
+            }
+            self.drain()?;
+        }
+        if self.st.iter().any(|s| !s.done) {
+            return Err(self.deadlock());
+        }
+        if let Some((dst, e)) = self
+            .early
+            .iter()
+            .enumerate()
+            .find_map(|(b, q)| q.first().map(|e| (b, *e)))
+        {
+            return Err(CostError::Unmatched {
+                src: e.from as usize,
+                dst,
+                send_step: e.send_step,
+            });
+        }
+        Ok((self.finish, self.finish_path))
+    }
+
+    fn drain(&mut self) -> Result<(), CostError> {
+        while let Some(r) = self.work.pop() {
+            self.post(r)?;
+        }
+        Ok(())
+    }
+
+    /// All of `r`'s messages of this step have started and its receives
+    /// are in, at `self.now`, by the path `path`. The step ends when its
+    /// sends are done too; the rank moves on at once only when `inline`
+    /// (not in the middle of matching its messages) and nothing is left.
+    fn step_complete(&mut self, r: usize, path: Breakdown, inline: bool) {
+        let now = self.now;
+        let s = &mut self.st[r];
+        if s.send_until <= now {
+            s.send_path = path;
+            if inline {
+                self.advance(r, path);
+                return;
+            }
+        }
+        let at = s.send_until.max(now);
+        self.push(at, EV_STEP_END, r);
+    }
+
+    /// Moves `r` into its next step at `self.now` (its previous step ended
+    /// by `path`), charging the local actions.
+    fn advance(&mut self, r: usize, path: Breakdown) {
+        let plan = &self.plans[r];
+        let s = &mut self.st[r];
+        s.posted = false;
+        if s.started && s.left > 0 {
+            s.left -= 1;
+        } else {
+            if s.started {
+                s.run += 1;
+            }
+            match plan.runs.get(s.run) {
+                Some(&(id, count)) => {
+                    s.tmpl = id;
+                    s.left = count - 1;
+                }
+                None => {
+                    s.done = true;
+                    s.started = true;
+                    self.finish[r] = self.now;
+                    self.finish_path[r] = path;
+                    return;
+                }
+            }
+        }
+        if s.started {
+            s.step += 1;
+        }
+        s.started = true;
+        let t = &self.book.tmpls[s.tmpl as usize];
+        let copy = t.copy as f64 * self.elem * self.net.copy;
+        let reduce = t.reduce as f64 * self.elem * self.gamma;
+        s.path = add(path, |p| {
+            p.copy += copy;
+            p.reduce += reduce;
+        });
+        if copy + reduce > 0.0 {
+            let at = self.now + copy + reduce;
+            self.push(at, EV_POST, r);
+        } else {
+            self.work.push(r);
+        }
+    }
+
+    /// The group of `peer`'s current step toward `r` in direction `recv`,
+    /// if `peer` has posted it and it still has messages.
+    fn open_group(&self, peer: usize, r: usize, recv: bool) -> Option<usize> {
+        let p = &self.st[peer];
+        if !p.posted || p.done {
+            return None;
+        }
+        let book = self.book;
+        let pt = book.tmpls[p.tmpl as usize];
+        let back = ((r + self.n - peer) % self.n) as u32;
+        let groups = book.groups_of(&pt);
+        let g = groups
+            .binary_search_by_key(&(back, recv), |h| (h.rel, h.recv))
+            .ok()?;
+        (p.cursors[g].next < groups[g].end).then_some(g)
+    }
+
+    /// `r` posts its current step's messages at `self.now`.
+    fn post(&mut self, r: usize) -> Result<(), CostError> {
+        let book = self.book;
+        let t = book.tmpls[self.st[r].tmpl as usize];
+        let groups = book.groups_of(&t);
+        let now = self.now;
+        {
+            let s = &mut self.st[r];
+            s.posted = true;
+            s.pending = t.nops;
+            s.send_until = now;
+            s.send_path = s.path;
+            s.cursors.clear();
+            s.cursors.extend(groups.iter().map(|g| Cursor {
+                next: g.start,
+                free: now,
+            }));
+        }
+        let path = self.st[r].path;
+        if t.nops == 0 {
+            self.step_complete(r, path, true);
+            return Ok(());
+        }
+        let n = self.n;
+        for (gi, g) in groups.iter().enumerate() {
+            let peer = (r + g.rel as usize) % n;
+            if g.recv {
+                // Buffered messages first (they were sent earlier), then
+                // the ones the sender holds for this step.
+                self.take_early(r, gi, peer, path)?;
+                if let Some(pg) = self.open_group(peer, r, false) {
+                    self.match_pair(peer, pg, r, gi, path)?;
+                    // Room freed in the pair's buffer: the sender may push
+                    // messages for later steps now.
+                    self.send_eager(peer, pg, r, path);
+                }
+            } else {
+                if let Some(pg) = self.open_group(peer, r, true) {
+                    self.match_pair(r, gi, peer, pg, path)?;
+                }
+                self.send_eager(r, gi, peer, path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one message of `bytes` from `a` to `b` starting no earlier
+    /// than now; `path` leads to now.
+    fn launch(&mut self, a: usize, ga: usize, b: usize, bytes: f64, path: Breakdown) -> Flight {
+        let class = usize::from(self.net.same_host(a, b));
+        let link = self.links[class];
+        let now = self.now;
+        let (ia, jb) = (2 * a + class, 2 * b + class);
+        // The sender's port pushes the bytes out from `start` to `pushed`;
+        // the receiver's port takes them in as they come, or after its
+        // earlier messages (`absorbed`); the last byte lands α later.
+        let start = now.max(self.st[a].cursors[ga].free).max(self.inj_free[ia]);
+        let xfer = bytes / link.wire;
+        let pushed = start + self.overhead + xfer;
+        let mut absorbed = pushed;
+        if link.port.is_finite() {
+            let busy = self.overhead + bytes / link.port;
+            self.inj_free[ia] = start + busy;
+            let taken = start.max(self.ej_free[jb]) + busy;
+            self.ej_free[jb] = taken;
+            absorbed = absorbed.max(taken);
+        }
+        let path = add(path, |p| {
+            p.contention += (start - now) + (absorbed - pushed);
+            p.latency += self.overhead;
+            p.transfer += xfer;
+        });
+        // The sender is held until the receiver's port has the bytes.
+        let s = &mut self.st[a];
+        s.cursors[ga].next += 1;
+        s.cursors[ga].free = pushed;
+        s.pending -= 1;
+        if absorbed > s.send_until {
+            s.send_until = absorbed;
+            s.send_path = path;
+        }
+        if s.pending == 0 {
+            let sp = s.send_path;
+            self.step_complete(a, sp, false);
+        }
+        Flight {
+            absorbed,
+            landed: absorbed + link.alpha,
+            wire: link.wire,
+            path,
+        }
+    }
+
+    /// When `b` has folded in a message of `bytes` whose last byte lands
+    /// at `landed` (pieces stream in at `wire`), not starting before now.
+    fn reduced(&mut self, b: usize, bytes: f64, landed: f64, wire: f64) -> f64 {
+        let red = bytes * self.gamma;
+        let cpu = self.cpu_free[b].max(self.now);
+        let d = if self.piece > 0.0 && bytes > self.piece {
+            let k = (bytes / self.piece).ceil();
+            let last = bytes - self.piece * (k - 1.0);
+            let first_landed = landed - (bytes - self.piece) / wire;
+            (landed + last * self.gamma)
+                .max(landed - last / wire + (self.piece + last) * self.gamma)
+                .max(first_landed.max(cpu) + red)
+        } else {
+            landed.max(cpu) + red
+        };
+        self.cpu_free[b] = d;
+        d
+    }
+
+    /// Records that `b`'s receive (of `kind`) is in at `done` by `path`.
+    fn deliver(&mut self, b: usize, gb: usize, done: f64, path: Breakdown) {
+        self.st[b].cursors[gb].next += 1;
+        let msg = Msg {
+            rank: b as u32,
+            path,
+        };
+        let id = match self.free_msgs.pop() {
+            Some(id) => {
+                self.msgs[id as usize] = msg;
+                id as usize
+            }
+            None => {
+                self.msgs.push(msg);
+                self.msgs.len() - 1
+            }
+        };
+        self.push(done, EV_RECV, id);
+    }
+
+    fn mismatch(&self, a: usize, send_step: u64, b: usize, send: u64, recv: u64) -> CostError {
+        CostError::LengthMismatch {
+            src: a,
+            dst: b,
+            send_step,
+            recv_step: self.st[b].step,
+            send_len: send,
+            recv_len: recv,
+        }
+    }
+
+    /// Starts every message from `a` (group `ga`) to `b` (group `gb`) that
+    /// both have posted, front to front; `path` leads to now.
+    fn match_pair(
+        &mut self,
+        a: usize,
+        ga: usize,
+        b: usize,
+        gb: usize,
+        path: Breakdown,
+    ) -> Result<(), CostError> {
+        let book = self.book;
+        let ta = book.tmpls[self.st[a].tmpl as usize];
+        let tb = book.tmpls[self.st[b].tmpl as usize];
+        let (end_a, end_b) = (book.groups_of(&ta)[ga].end, book.groups_of(&tb)[gb].end);
+        loop {
+            let (na, nb) = (self.st[a].cursors[ga].next, self.st[b].cursors[gb].next);
+            if na == end_a || nb == end_b {
+                return Ok(());
+            }
+            let send = book.ops[(ta.ops + na) as usize];
+            let recv = book.ops[(tb.ops + nb) as usize];
+            if send.elems != recv.elems {
+                return Err(self.mismatch(a, self.st[a].step, b, send.elems, recv.elems));
+            }
+            let bytes = send.elems as f64 * self.elem;
+            let f = self.launch(a, ga, b, bytes, path);
+            let done = match recv.kind {
+                Kind::RecvReduce => self.reduced(b, bytes, f.landed, f.wire),
+                _ => f.landed,
+            };
+            let alpha = f.landed - f.absorbed;
+            let rpath = add(f.path, |p| {
+                p.latency += alpha;
+                p.reduce += done - f.landed;
+            });
+            self.deliver(b, gb, done, rpath);
+        }
+    }
+
+    /// Pushes `a`'s next messages of group `ga` to `b` into the pair's
+    /// buffer while they fit (nothing when buffering is off); `path` leads
+    /// to now.
+    fn send_eager(&mut self, a: usize, ga: usize, b: usize, path: Breakdown) {
+        if self.buffer <= 0.0 || self.open_group(b, a, true).is_some() {
+            return;
+        }
+        let book = self.book;
+        let ta = book.tmpls[self.st[a].tmpl as usize];
+        let end = book.groups_of(&ta)[ga].end;
+        let mut queued: f64 = self.early[b]
+            .iter()
+            .filter(|e| e.from as usize == a)
+            .map(|e| e.bytes)
+            .sum();
+        loop {
+            let next = self.st[a].cursors[ga].next;
+            if next == end {
+                return;
+            }
+            let op = book.ops[(ta.ops + next) as usize];
+            let bytes = op.elems as f64 * self.elem;
+            if queued + bytes > self.buffer {
+                return;
+            }
+            queued += bytes;
+            let send_step = self.st[a].step;
+            let f = self.launch(a, ga, b, bytes, path);
+            let alpha = f.landed - f.absorbed;
+            self.early[b].push(Early {
+                from: a as u32,
+                elems: op.elems,
+                bytes,
+                landed: f.landed,
+                wire: f.wire,
+                send_step,
+                path: add(f.path, |p| p.latency += alpha),
+            });
+        }
+    }
+
+    /// `b` takes the buffered messages from `a` that its group `gb`
+    /// receives; `path` leads to now.
+    fn take_early(
+        &mut self,
+        b: usize,
+        gb: usize,
+        a: usize,
+        path: Breakdown,
+    ) -> Result<(), CostError> {
+        if self.early[b].is_empty() {
+            return Ok(());
+        }
+        let book = self.book;
+        let tb = book.tmpls[self.st[b].tmpl as usize];
+        let end = book.groups_of(&tb)[gb].end;
+        while self.st[b].cursors[gb].next < end {
+            let Some(i) = self.early[b].iter().position(|e| e.from as usize == a) else {
+                return Ok(());
+            };
+            let e = self.early[b].remove(i);
+            let recv = book.ops[(tb.ops + self.st[b].cursors[gb].next) as usize];
+            if e.elems != recv.elems {
+                return Err(self.mismatch(a, e.send_step, b, e.elems, recv.elems));
+            }
+            // Whichever came later, the bytes or the receiver, leads here.
+            let (from, at) = if e.landed >= self.now {
+                (e.path, e.landed)
+            } else {
+                (path, self.now)
+            };
+            let done = match recv.kind {
+                Kind::RecvReduce => self.reduced(b, e.bytes, e.landed, e.wire),
+                _ => at,
+            };
+            let rpath = add(from, |p| p.reduce += done - at);
+            self.deliver(b, gb, done, rpath);
+        }
+        Ok(())
+    }
+
+    fn deadlock(&self) -> CostError {
+        let stuck: Vec<usize> = (0..self.n).filter(|&r| !self.st[r].done).collect();
+        let mut detail = String::new();
+        for &r in stuck.iter().take(4) {
+            let s = &self.st[r];
+            let t = self.book.tmpls[s.tmpl as usize];
+            detail.push_str(&format!("\n  rank {r} in step {} waits on:", s.step));
+            let ops = self.book.ops_of(&t);
+            for (gi, g) in self.book.groups_of(&t).iter().enumerate() {
+                let next = s.cursors.get(gi).map_or(g.start, |c| c.next);
+                let peer = (r + g.rel as usize) % self.n;
+                for o in &ops[next as usize..g.end as usize] {
+                    let what = match o.kind {
+                        Kind::Send => "send to",
+                        Kind::Recv => "receive from",
+                        Kind::RecvReduce => "receive-reduce from",
+                    };
+                    let ps = &self.st[peer];
+                    let there = if ps.done {
+                        "finished".to_string()
+                    } else {
+                        format!("in step {}", ps.step)
+                    };
+                    detail.push_str(&format!(
+                        " {what} rank {peer} ({} elements; rank {peer} is {there});",
+                        o.elems
+                    ));
+                }
+            }
+        }
+        if stuck.len() > 4 {
+            detail.push_str(&format!("\n  ... and {} more", stuck.len() - 4));
+        }
+        CostError::Deadlock { stuck, detail }
+    }
+}
+
+fn run_engine(c: &Compacted, net: &Network, elem: f64, cutoff: f64) -> Result<Estimate, CostError> {
+    let (finish, paths) = Engine::new(&c.book, &c.ranks, net, elem, cutoff).run()?;
+    let mut last = 0;
+    for (r, &f) in finish.iter().enumerate() {
+        if f > finish[last] {
+            last = r;
+        }
+    }
+    Ok(Estimate {
+        time: finish.get(last).copied().unwrap_or(0.0),
+        last_rank: last,
+        critical_path: paths.get(last).copied().unwrap_or_default(),
+        messages: c.ranks.iter().map(|r| r.sends).sum(),
+        bytes: c.ranks.iter().map(|r| r.bytes).sum(),
+        max_steps: c.ranks.iter().map(|r| r.steps).max().unwrap_or(0),
+        rank_finish: finish,
+    })
+}
+
+fn check_elem(elem_bytes: u64) -> Result<f64, CostError> {
+    if elem_bytes == 0 {
+        return Err(CostError::Argument(
+            "element size must be at least 1 byte".into(),
+        ));
+    }
+    Ok(elem_bytes as f64)
+}
+
+/// Prices `plans` (`plans[r]` is rank r's plan) on `net`, with elements of
+/// `elem_bytes` bytes.
+///
+/// Errors when a plan is not its index's, a peer is out of range, a send and
+/// its receive differ in length, the plans deadlock or the network is bad.
+/// Region bounds and in-step hazards are not checked ([`crate::validate_plan`]).
+pub fn price(plans: &[Plan], net: &Network, elem_bytes: u64) -> Result<Estimate, CostError> {
+    let elem = check_elem(elem_bytes)?;
+    let n = plans.len();
+    if n == 0 {
+        return Err(CostError::Argument("no plans to price".into()));
+    }
+    net.check(n)?;
+    let mut book = Book::default();
+    let mut ops = Vec::new();
+    let mut ranks = Vec::with_capacity(n);
+    for (r, plan) in plans.iter().enumerate() {
+        if plan.rank != r || plan.nranks != n {
+            return Err(CostError::WrongRank {
+                index: r,
+                plan_rank: plan.rank,
+                plan_nranks: plan.nranks,
+                nranks: n,
+            });
+        }
+        ranks.push(compact(&mut book, plan, r, &mut ops, elem)?);
+    }
+    run_engine(&Compacted { book, ranks }, net, elem, f64::INFINITY)
+}
+
+/// Generates every rank's plan for `algorithm` on `shape` (one rank at a
+/// time, compacting as it goes) and prices them on `net`.
+pub fn price_call(
+    algorithm: Algorithm,
+    shape: &Shape,
+    options: &PlanOptions,
+    net: &Network,
+    elem_bytes: u64,
+) -> Result<Estimate, CostError> {
+    price_call_within(algorithm, shape, options, net, elem_bytes, u64::MAX)
+}
+
+/// [`price_call`], giving up with [`CostError::Budget`] as soon as the
+/// plans hold more than `max_messages` messages.
+pub fn price_call_within(
+    algorithm: Algorithm,
+    shape: &Shape,
+    options: &PlanOptions,
+    net: &Network,
+    elem_bytes: u64,
+    max_messages: u64,
+) -> Result<Estimate, CostError> {
+    price_call_before(
+        algorithm,
+        shape,
+        options,
+        net,
+        elem_bytes,
+        max_messages,
+        f64::INFINITY,
+    )
+}
+
+/// [`price_call_within`], abandoning the simulation with
+/// [`CostError::Pruned`] once it passes `cutoff` seconds.
+fn price_call_before(
+    algorithm: Algorithm,
+    shape: &Shape,
+    options: &PlanOptions,
+    net: &Network,
+    elem_bytes: u64,
+    max_messages: u64,
+    cutoff: f64,
+) -> Result<Estimate, CostError> {
+    let elem = check_elem(elem_bytes)?;
+    net.check(shape.nranks)?;
+    let c = generate_compact(algorithm, shape, options, elem, max_messages)?;
+    run_engine(&c, net, elem, cutoff)
+}
+
+/// A lower bound on the time of any set of plans that includes `plan`, on
+/// `net`: the rank's own work, counted without waiting for anyone. Its steps
+/// run one after another, each its local actions and then its sends, which
+/// share the rank's port of their link class (different classes in
+/// parallel); and everything it receives passes its ejection ports.
+pub fn lower_bound(plan: &Plan, net: &Network, elem_bytes: u64) -> f64 {
+    let elem = elem_bytes as f64;
+    let o = net.overhead;
+    // Time a message of `b` bytes holds a port of `l`, or the wire when
+    // ports are unlimited (then only the step's longest message counts).
+    let hold = |l: &Link, b: f64| {
+        let rate = l.port_rate();
+        if rate.is_finite() {
+            o + b / rate
+        } else {
+            o + b / l.bandwidth
+        }
+    };
+    let (mut sends, mut recvs) = (0.0f64, [0.0f64; 2]);
+    for step in &plan.steps {
+        let mut local = 0.0;
+        let mut out = [0.0f64; 2];
+        for a in &step.actions {
+            match *a {
+                Action::Copy { dst, .. } => local += dst.len as f64 * elem * net.copy,
+                Action::Reduce { dst, .. } => local += dst.len as f64 * elem * net.gamma,
+                Action::Send { peer, src } => {
+                    let l = net.link(plan.rank, peer);
+                    let k = usize::from(net.same_host(plan.rank, peer));
+                    let t = hold(l, src.len as f64 * elem);
+                    out[k] = if l.port_rate().is_finite() {
+                        out[k] + t
+                    } else {
+                        out[k].max(t)
+                    };
+                }
+                Action::Recv { peer, dst } | Action::RecvReduce { peer, dst } => {
+                    let l = net.link(plan.rank, peer);
+                    let k = usize::from(net.same_host(plan.rank, peer));
+                    if l.port_rate().is_finite() {
+                        recvs[k] += hold(l, dst.len as f64 * elem);
+                    }
+                }
+            }
+        }
+        sends += local + out[0].max(out[1]);
+    }
+    sends.max(recvs[0]).max(recvs[1])
+}
+
+/// What three ranks' plans (0, N/2, N − 1) tell of a candidate before it
+/// is generated in full.
+struct Sampled {
+    /// N × their mean messages (exact where every rank sends alike).
+    messages: u64,
+    /// N × their least messages.
+    at_least: u64,
+    /// The largest of their [`lower_bound`]s.
+    bound: f64,
+}
+
+fn sample(
+    algorithm: Algorithm,
+    shape: &Shape,
+    options: &PlanOptions,
+    net: &Network,
+    elem_bytes: u64,
+) -> Result<Sampled, CostError> {
+    let n = shape.nranks;
+    let mut ranks = vec![0, n / 2, n.saturating_sub(1)];
+    ranks.dedup();
+    let (mut sum, mut least, mut bound) = (0u128, u128::MAX, 0.0f64);
+    for &r in &ranks {
+        let plan = generate(algorithm, shape, r, options)?;
+        let sent = plan.messages_sent() as u128;
+        sum += sent;
+        least = least.min(sent);
+        bound = bound.max(lower_bound(&plan, net, elem_bytes));
+    }
+    let clamp = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
+    Ok(Sampled {
+        messages: clamp(sum * n as u128 / ranks.len() as u128),
+        at_least: clamp(least * n as u128),
+        bound,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Selection
+// ---------------------------------------------------------------------------
+
+/// Whether `algorithm`'s plans for `collective` depend on
+/// [`PlanOptions::chunk_elems`] (pipelined algorithms).
+pub fn pipelines(algorithm: Algorithm, collective: Collective) -> bool {
+    matches!(
+        (algorithm, collective),
+        (
+            Algorithm::Tree,
+            Collective::Broadcast | Collective::Reduce | Collective::AllReduce
+        ) | (Algorithm::DoubleBinaryTree, Collective::AllReduce)
+            | (Algorithm::Ring, Collective::Broadcast)
+    )
+}
+
+/// The call shape of `collective` at `bytes` (the largest per-rank buffer,
+/// nccl-tests' and braid-bench's convention) over `nranks` ranks of
+/// `elem_bytes`-byte elements: sizes round down to whole elements (whole
+/// blocks of `nranks` elements for the block collectives) but never below
+/// one element; barrier has no data.
+pub fn shape_for(
+    collective: Collective,
+    bytes: u64,
+    nranks: usize,
+    elem_bytes: u64,
+    root: usize,
+) -> Result<Shape, CostError> {
+    check_elem(elem_bytes)?;
+    if nranks == 0 {
+        return Err(CostError::Argument(
+            "a group needs at least one rank".into(),
+        ));
+    }
+    if collective.rooted() && root >= nranks {
+        return Err(CostError::Argument(format!(
+            "root {root} is out of range for {nranks} ranks"
+        )));
+    }
+    let n = nranks as u64;
+    let count = |per: u64| if bytes == 0 { 0 } else { (bytes / per).max(1) };
+    let counts = match collective {
+        Collective::Broadcast | Collective::Reduce | Collective::AllReduce => {
+            Counts::Single(count(elem_bytes))
+        }
+        Collective::Scatter
+        | Collective::Gather
+        | Collective::AllGather
+        | Collective::ReduceScatter => {
+            let per = n.checked_mul(elem_bytes).ok_or_else(|| {
+                CostError::Argument(format!("{nranks} ranks × {elem_bytes} B overflows"))
+            })?;
+            Counts::Blocks(vec![count(per); nranks])
+        }
+        Collective::AllToAll => {
+            let per = n.checked_mul(elem_bytes).ok_or_else(|| {
+                CostError::Argument(format!("{nranks} ranks × {elem_bytes} B overflows"))
+            })?;
+            let cells = nranks.checked_mul(nranks).filter(|c| *c <= 1 << 26);
+            let cells = cells.ok_or_else(|| {
+                CostError::Argument(format!(
+                    "an all_to_all count matrix of {nranks}×{nranks} is too large to build"
+                ))
+            })?;
+            Counts::Matrix {
+                counts: vec![count(per); cells],
+                partial: false,
+            }
+        }
+        Collective::Barrier => Counts::None,
+    };
+    Ok(Shape::new(collective, nranks, root, counts))
+}
+
+/// What [`tune`] tries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TuneOptions {
+    /// Chunk sizes in bytes tried for pipelined algorithms ([`pipelines`]);
+    /// those at or above the message size collapse into one candidate.
+    pub chunk_bytes: Vec<u64>,
+    /// Candidates whose plans hold more messages are skipped
+    /// ([`CostError::Budget`]) instead of priced.
+    pub max_messages: u64,
+    /// Root of rooted collectives.
+    pub root: usize,
+    /// Only these algorithms (all of the collective's when `None`).
+    pub algorithms: Option<Vec<Algorithm>>,
+    /// Price every candidate to the end. Otherwise (the default) the
+    /// candidates are priced most promising first (by the [`lower_bound`]
+    /// of three ranks' plans: 0, N/2 and N − 1), a candidate whose bound
+    /// already exceeds the best time so far is not generated, and a
+    /// simulation is abandoned as soon as it passes the best time so far
+    /// (both [`CostError::Pruned`]); a candidate whose sampled ranks show
+    /// it must exceed `max_messages` is not generated either. Pruning never
+    /// changes the choice or its time, only what is known of the losers.
+    pub exhaustive: bool,
+}
+
+impl Default for TuneOptions {
+    fn default() -> Self {
+        TuneOptions {
+            chunk_bytes: vec![16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20],
+            max_messages: 1 << 26,
+            root: 0,
+            algorithms: None,
+            exhaustive: false,
+        }
+    }
+}
+
+/// One (algorithm, chunk) tried by [`tune`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// The pipeline chunk in bytes (`BRAID_CHUNK_BYTES`) for pipelined
+    /// algorithms; `None` when the plan does not depend on it (the
+    /// network's [`Network::pipeline_bytes`] is used).
+    pub chunk_bytes: Option<u64>,
+    /// The options the plans were generated with.
+    pub options: PlanOptions,
+    /// The prediction, or why there is none (over budget, say).
+    pub outcome: Result<Estimate, CostError>,
+}
+
+impl Candidate {
+    /// The predicted time, if priced.
+    pub fn time(&self) -> Option<f64> {
+        self.outcome.as_ref().ok().map(|e| e.time)
+    }
+}
+
+/// Every candidate [`tune`] tried, cheapest first (those it could not price
+/// last).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuning {
+    /// The call shape priced.
+    pub shape: Shape,
+    /// Its size in bytes (the largest per-rank buffer).
+    pub bytes: u64,
+    /// Element size in bytes.
+    pub elem_bytes: u64,
+    /// The candidates, cheapest first.
+    pub candidates: Vec<Candidate>,
+}
+
+impl Tuning {
+    /// The cheapest candidate, unless none could be priced.
+    pub fn best(&self) -> Option<&Candidate> {
+        self.candidates.first().filter(|c| c.outcome.is_ok())
+    }
+}
+
+impl fmt::Display for Tuning {
+    /// The tuning table: one line per candidate, `*` on the cheapest.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} N={} {} B: {:>20} {:>10} {:>14}",
+            self.shape.collective, self.shape.nranks, self.bytes, "algorithm", "chunk", "predicted"
+        )?;
+        for (i, c) in self.candidates.iter().enumerate() {
+            let mark = if i == 0 && c.outcome.is_ok() {
+                '*'
+            } else {
+                ' '
+            };
+            let chunk = c
+                .chunk_bytes
+                .map_or_else(|| "-".to_string(), |b| b.to_string());
+            match &c.outcome {
+                Ok(e) => writeln!(
+                    f,
+                    "{mark} {:>20} {:>10} {:>12.3} µs",
+                    c.algorithm.name(),
+                    chunk,
+                    e.time * 1e6
+                )?,
+                Err(e) => writeln!(f, "  {:>20} {:>10} skipped: {e}", c.algorithm.name(), chunk)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prices every (algorithm, chunk) candidate for `collective` at `bytes`
+/// over `nranks` ranks of `elem_bytes`-byte elements on `net`, cheapest
+/// first. A candidate that cannot be priced (over the message budget, say)
+/// is kept with its error; the call fails only on bad arguments.
+pub fn tune(
+    collective: Collective,
+    bytes: u64,
+    nranks: usize,
+    elem_bytes: u64,
+    net: &Network,
+    opts: &TuneOptions,
+) -> Result<Tuning, CostError> {
+    let shape = shape_for(collective, bytes, nranks, elem_bytes, opts.root)?;
+    net.check(nranks)?;
+    let actual = shape.largest_buffer().saturating_mul(elem_bytes);
+    let algorithms: Vec<Algorithm> = match &opts.algorithms {
+        Some(list) => {
+            if let Some(a) = list.iter().find(|a| !a.supports(collective)) {
+                return Err(CostError::Argument(format!(
+                    "algorithm '{a}' does not implement {collective}"
+                )));
+            }
+            list.clone()
+        }
+        None => collective.algorithms().to_vec(),
+    };
+    // Every (algorithm, chunk) with its network and estimated messages.
+    let mut todo: Vec<(Sampled, Candidate, Network)> = Vec::new();
+    let mut candidates = Vec::new();
+    for alg in algorithms {
+        let chunks: Vec<Option<u64>> = if pipelines(alg, collective) {
+            // The double binary tree pipelines each half separately.
+            let len = match alg {
+                Algorithm::DoubleBinaryTree => shape.single().div_ceil(2),
+                _ => shape.single(),
+            }
+            .max(1);
+            let mut chunks: Vec<u64> = opts
+                .chunk_bytes
+                .iter()
+                .map(|&b| (b / elem_bytes).max(1))
+                .collect();
+            chunks.sort_unstable();
+            chunks.dedup();
+            // Chunks at or above the length all mean "one chunk".
+            if let Some(i) = chunks.iter().position(|&c| c >= len) {
+                chunks.truncate(i + 1);
+            }
+            chunks.into_iter().rev().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for chunk_elems in chunks {
+            let options = PlanOptions {
+                chunk_elems: chunk_elems.unwrap_or(0),
+            };
+            let chunk_bytes = chunk_elems.map(|c| c * elem_bytes);
+            let net = match chunk_bytes {
+                Some(b) if net.pipeline_bytes > 0 => net.clone().with_pipeline_bytes(b),
+                _ => net.clone(),
+            };
+            let mut cand = Candidate {
+                algorithm: alg,
+                chunk_bytes,
+                options,
+                outcome: Err(CostError::Pruned {
+                    best: f64::INFINITY,
+                }),
+            };
+            let est = if opts.exhaustive {
+                Sampled {
+                    messages: 0,
+                    at_least: 0,
+                    bound: 0.0,
+                }
+            } else {
+                match sample(alg, &shape, &cand.options, &net, elem_bytes) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        cand.outcome = Err(e);
+                        candidates.push(cand);
+                        continue;
+                    }
+                }
+            };
+            todo.push((est, cand, net));
+        }
+    }
+    // The most promising first (smallest lower bound), so that the best
+    // time found early prunes the rest; ties by messages (cost to price).
+    todo.sort_by(|x, y| {
+        x.0.bound
+            .total_cmp(&y.0.bound)
+            .then(x.0.messages.cmp(&y.0.messages))
+    });
+    let mut best = f64::INFINITY;
+    for (est, mut cand, net) in todo {
+        let alg = cand.algorithm;
+        cand.outcome = if opts.exhaustive {
+            price_call_within(
+                alg,
+                &shape,
+                &cand.options,
+                &net,
+                elem_bytes,
+                opts.max_messages,
+            )
+        } else if est.bound > best {
+            Err(CostError::Pruned { best })
+        } else if est.at_least > opts.max_messages {
+            Err(CostError::Budget {
+                limit: opts.max_messages,
+            })
+        } else {
+            price_call_before(
+                alg,
+                &shape,
+                &cand.options,
+                &net,
+                elem_bytes,
+                opts.max_messages,
+                best,
+            )
+        };
+        if let Ok(e) = &cand.outcome {
+            best = best.min(e.time);
+        }
+        candidates.push(cand);
+    }
+    candidates.sort_by(|a, b| match (a.time(), b.time()) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    Ok(Tuning {
+        shape,
+        bytes: actual,
+        elem_bytes,
+        candidates,
+    })
+}

@@ -1,0 +1,926 @@
+//! The cost model against the closed forms of the literature, priced on the
+//! plans the generators really produce.
+//!
+//! Unless a test says otherwise: latency α = 5 µs, bandwidth B = 1 GB/s,
+//! reduction γ = 0.25 ns/B, no copy or per-message cost, no reduce/transfer
+//! overlap (`pipeline_bytes = 0`, the textbooks' store-and-forward
+//! reduction), f32 elements and counts that divide evenly, and rendezvous
+//! messages (`buffer_bytes = 0`: the textbooks' synchronous rounds). Where
+//! the closed form also holds with buffered (eager) messages the test runs
+//! both; where buffering changes the answer the test derives the new value.
+
+use braid_topologies::cost::pipelines;
+use braid_topologies::{
+    even_blocks, generate, lower_bound, price, price_call, price_call_within, tune, Action,
+    Algorithm, BufferId, Collective, CostError, Counts, Estimate, Hosts, Injection, Link, Network,
+    Plan, PlanOptions, Region, Shape, Step, TuneOptions,
+};
+
+const ALPHA: f64 = 5e-6;
+const BW: f64 = 1e9;
+const GAMMA: f64 = 0.25e-9;
+const ELEM: u64 = 4;
+
+/// The textbook model: rendezvous, store-and-forward reduction.
+fn net() -> Network {
+    Network::uniform(ALPHA, BW)
+        .with_gamma(GAMMA)
+        .with_pipeline_bytes(0)
+        .with_buffer_bytes(0)
+}
+
+/// The same with 4 MiB buffered per ordered pair (braid's transports).
+fn buffered() -> Network {
+    net().with_buffer_bytes(4 << 20)
+}
+
+/// Both models.
+fn both() -> [Network; 2] {
+    [net(), buffered()]
+}
+
+fn close(got: f64, want: f64, what: &str) {
+    let tol = 1e-9 * want.abs().max(1e-9);
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: model {got:e} s, closed form {want:e} s (diff {:e})",
+        got - want
+    );
+}
+
+fn single(c: Collective, n: usize, count: u64) -> Shape {
+    Shape::new(c, n, 0, Counts::Single(count))
+}
+
+fn blocks(c: Collective, n: usize, per_rank: u64) -> Shape {
+    Shape::new(c, n, 0, Counts::Blocks(vec![per_rank; n]))
+}
+
+fn priced(alg: Algorithm, shape: &Shape, chunk_elems: u64, net: &Network) -> Estimate {
+    price_call(alg, shape, &PlanOptions { chunk_elems }, net, ELEM)
+        .unwrap_or_else(|e| panic!("{alg} {shape:?}: {e}"))
+}
+
+fn log2_ceil(n: usize) -> f64 {
+    n.next_power_of_two().trailing_zeros() as f64
+}
+
+#[test]
+fn ring_all_reduce_is_2_n_minus_1_alpha_plus_s_over_nb_plus_gamma() {
+    for n in [2usize, 3, 4, 5, 7, 8, 16, 33] {
+        let count = 1000 * n as u64;
+        let s = (count * ELEM) as f64;
+        let nf = n as f64;
+        let want = 2.0 * (nf - 1.0) * (ALPHA + s / (nf * BW)) + (nf - 1.0) * (s / nf) * GAMMA;
+        let shape = single(Collective::AllReduce, n, count);
+        let e = priced(Algorithm::Ring, &shape, 0, &buffered());
+        close(e.time, want, &format!("buffered ring all_reduce N={n}"));
+        let e = priced(Algorithm::Ring, &shape, 0, &net());
+        close(e.time, want, &format!("ring all_reduce N={n}"));
+        // The critical path splits into the closed form's three terms.
+        let p = e.critical_path;
+        close(p.latency, 2.0 * (nf - 1.0) * ALPHA, "latency term");
+        close(
+            p.transfer,
+            2.0 * (nf - 1.0) * s / (nf * BW),
+            "bandwidth term",
+        );
+        close(p.reduce, (nf - 1.0) * (s / nf) * GAMMA, "reduction term");
+        assert_eq!(p.contention, 0.0);
+        assert_eq!(e.messages, 2 * (n as u64 - 1) * n as u64);
+        close(e.bytes, 2.0 * (nf - 1.0) * s, "bytes sent");
+        assert_eq!(e.max_steps, 2 * (n as u64 - 1));
+    }
+}
+
+#[test]
+fn ring_all_reduce_charges_copies_and_per_message_overhead() {
+    // Each reduce-scatter step copies its input segment before receiving
+    // into it: (N−1)·S/N copied; every step sends one message: 2(N−1)·o.
+    let (copy, o) = (0.1e-9, 1e-6);
+    for n in [2usize, 5, 8] {
+        let count = 4096 * n as u64;
+        let s = (count * ELEM) as f64;
+        let nf = n as f64;
+        let net = net().with_copy(copy).with_overhead(o);
+        let e = priced(
+            Algorithm::Ring,
+            &single(Collective::AllReduce, n, count),
+            0,
+            &net,
+        );
+        let want =
+            2.0 * (nf - 1.0) * (o + ALPHA + s / (nf * BW)) + (nf - 1.0) * (s / nf) * (GAMMA + copy);
+        close(
+            e.time,
+            want,
+            &format!("ring all_reduce with copy and overhead, N={n}"),
+        );
+        close(
+            e.critical_path.copy,
+            (nf - 1.0) * (s / nf) * copy,
+            "copy term",
+        );
+    }
+}
+
+#[test]
+fn ring_reduce_overlaps_transfer_piece_by_piece() {
+    // N = 2: one reduce-scatter step (a message of s = S/2 bytes, reduced on
+    // arrival) and one all-gather step. With pieces of P = s/4 the
+    // reduction runs one piece behind the transfer: α + s/B + P·γ when the
+    // link is the bottleneck, α + P/B + s·γ when the reduction is.
+    let count = 1u64 << 20;
+    let s = (count * ELEM / 2) as f64;
+    let piece = (count * ELEM / 8) as f64;
+    let shape = single(Collective::AllReduce, 2, count);
+    let link_bound = net().with_pipeline_bytes(piece as u64);
+    let e = priced(Algorithm::Ring, &shape, 0, &link_bound);
+    close(
+        e.time,
+        (ALPHA + s / BW + piece * GAMMA) + (ALPHA + s / BW),
+        "link-bound overlap",
+    );
+    let slow_gamma = 4.0 / BW;
+    let reduce_bound = link_bound.clone().with_gamma(slow_gamma);
+    let e = priced(Algorithm::Ring, &shape, 0, &reduce_bound);
+    close(
+        e.time,
+        (ALPHA + piece / BW + s * slow_gamma) + (ALPHA + s / BW),
+        "reduce-bound overlap",
+    );
+    // Store-and-forward costs strictly more than either.
+    let e0 = priced(Algorithm::Ring, &shape, 0, &net().with_gamma(slow_gamma));
+    close(
+        e0.time,
+        (ALPHA + s / BW + s * slow_gamma) + (ALPHA + s / BW),
+        "no overlap",
+    );
+}
+
+#[test]
+fn ring_all_gather_and_reduce_scatter() {
+    for (n, net) in [2usize, 3, 6, 8, 17]
+        .into_iter()
+        .flat_map(|n| both().map(|m| (n, m)))
+    {
+        let per = 3000u64;
+        let nf = n as f64;
+        let b = (per * ELEM) as f64; // S/N
+        let e = priced(
+            Algorithm::Ring,
+            &blocks(Collective::AllGather, n, per),
+            0,
+            &net,
+        );
+        close(
+            e.time,
+            (nf - 1.0) * (ALPHA + b / BW),
+            &format!("ring all_gather N={n}"),
+        );
+        let e = priced(
+            Algorithm::Ring,
+            &blocks(Collective::ReduceScatter, n, per),
+            0,
+            &net,
+        );
+        close(
+            e.time,
+            (nf - 1.0) * (ALPHA + b / BW + b * GAMMA),
+            &format!("ring reduce_scatter N={n}"),
+        );
+    }
+}
+
+#[test]
+fn binomial_broadcast_is_ceil_log2_n_rounds_of_alpha_plus_s_over_b() {
+    let count = 250_000u64;
+    let s = (count * ELEM) as f64;
+    for n in [2usize, 4, 8, 16, 32, 64, 128] {
+        let shape = single(Collective::Broadcast, n, count);
+        // A chunk as large as the message: one round per tree level.
+        for inj in [Injection::Link, Injection::Unlimited] {
+            for net in both() {
+                let e = priced(Algorithm::Tree, &shape, count, &net.with_injection(inj));
+                close(
+                    e.time,
+                    log2_ceil(n) * (ALPHA + s / BW),
+                    &format!("binomial broadcast N={n} {inj:?}"),
+                );
+            }
+        }
+    }
+    // Other roots price the same.
+    let shape = Shape::new(Collective::Broadcast, 16, 11, Counts::Single(count));
+    close(
+        priced(Algorithm::Tree, &shape, count, &net()).time,
+        4.0 * (ALPHA + s / BW),
+        "root 11",
+    );
+}
+
+#[test]
+fn binomial_broadcast_at_five_ranks_beats_the_textbook() {
+    // N = 5: the root's children are ranks 2 (with child 3), 1 and 4; the
+    // generator sends to 2 at label 0, then to 1 and 4 together at label 1,
+    // so the tree is 2 levels deep, not ⌈log2 5⌉ = 3. Per link (unlimited
+    // ports) that is 2(α + S/B). With one NIC the root's two label-1 sends
+    // share its port: rank 4 gets its copy at α + 3S/B, rank 3 at
+    // 2(α + S/B); the later of the two.
+    let count = 1000u64;
+    let shape = single(Collective::Broadcast, 5, count);
+    for (alpha, bw) in [(5e-6, 1e9), (1e-6, 1e8)] {
+        let s = (count * ELEM) as f64;
+        let base = Network::uniform(alpha, bw).with_pipeline_bytes(0);
+        let e = priced(
+            Algorithm::Tree,
+            &shape,
+            count,
+            &base.clone().with_injection(Injection::Unlimited),
+        );
+        close(e.time, 2.0 * (alpha + s / bw), "per-link model");
+        let e = priced(Algorithm::Tree, &shape, count, &base);
+        let want = (alpha + 3.0 * s / bw).max(2.0 * (alpha + s / bw));
+        close(e.time, want, &format!("one NIC, alpha={alpha} B={bw}"));
+        assert!(e.time <= 3.0 * (alpha + s / bw));
+        if alpha * bw < s {
+            // Bandwidth-bound: rank 4, fed second at label 1, finishes last.
+            assert_eq!(e.last_rank, 4);
+            assert!(e.critical_path.contention > 0.0);
+        }
+    }
+}
+
+#[test]
+fn pipelined_chain_broadcast_is_c_plus_n_minus_2_steps() {
+    // Ring broadcast: C chunks down a chain of N ranks. In synchronous
+    // rounds (rendezvous) every step costs α + S/(C·B):
+    // (C + N − 2)(α + S/(C·B)). With buffered messages a rank forwards
+    // chunk c as soon as it has it, so latency is paid once per hop, not
+    // once per step: (N − 1)α + (C + N − 2)·S/(C·B).
+    for n in [2usize, 3, 5, 8] {
+        for c in [1u64, 2, 4, 7] {
+            let chunk = 1000u64;
+            let count = chunk * c;
+            let x = (chunk * ELEM) as f64 / BW;
+            let (nf, cf) = (n as f64, c as f64);
+            let shape = single(Collective::Broadcast, n, count);
+            let e = priced(Algorithm::Ring, &shape, chunk, &net());
+            close(
+                e.time,
+                (cf + nf - 2.0) * (ALPHA + x),
+                &format!("chain N={n} C={c}"),
+            );
+            let e = priced(Algorithm::Ring, &shape, chunk, &buffered());
+            close(
+                e.time,
+                (nf - 1.0) * ALPHA + (cf + nf - 2.0) * x,
+                &format!("buffered chain N={n} C={c}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn pipelined_binomial_broadcast_is_l_plus_k_minus_1_steps_per_link() {
+    // Per-link model: k chunks of C elements down a tree of height L take
+    // (L + k − 1)(α + C/B). With one NIC a rank feeding several children
+    // chunks in the same step serialises them: more, but at most L chunks
+    // per step.
+    for n in [2usize, 4, 8, 16] {
+        let l = log2_ceil(n);
+        for k in [1u64, 3, 8] {
+            let chunk = 2048u64;
+            let x = (chunk * ELEM) as f64 / BW;
+            let shape = single(Collective::Broadcast, n, chunk * k);
+            let per_link = priced(
+                Algorithm::Tree,
+                &shape,
+                chunk,
+                &net().with_injection(Injection::Unlimited),
+            );
+            let want = (l + k as f64 - 1.0) * (ALPHA + x);
+            close(per_link.time, want, &format!("pipelined tree N={n} k={k}"));
+            // Buffered: latency once per level, L·α + (L + k − 1)·C/B.
+            let e = priced(
+                Algorithm::Tree,
+                &shape,
+                chunk,
+                &buffered().with_injection(Injection::Unlimited),
+            );
+            close(
+                e.time,
+                l * ALPHA + (l + k as f64 - 1.0) * x,
+                &format!("buffered pipelined tree N={n} k={k}"),
+            );
+            let nic = priced(Algorithm::Tree, &shape, chunk, &net());
+            if n == 2 || k == 1 {
+                close(
+                    nic.time,
+                    want,
+                    &format!("one child or one chunk, N={n} k={k}"),
+                );
+            } else {
+                assert!(nic.time > want * (1.0 + 1e-9), "N={n} k={k}");
+                assert!(nic.time <= (l + k as f64 - 1.0) * (ALPHA + l * x) * (1.0 + 1e-9));
+            }
+        }
+    }
+}
+
+#[test]
+fn rabenseifner_all_reduce_power_of_two() {
+    // 2·log2 N·α + 2(N−1)/N·S/B + (N−1)/N·S·γ
+    for (n, net) in [2usize, 4, 8, 16, 64]
+        .into_iter()
+        .flat_map(|n| both().map(|m| (n, m)))
+    {
+        let count = 512 * n as u64;
+        let s = (count * ELEM) as f64;
+        let nf = n as f64;
+        let e = priced(
+            Algorithm::HalvingDoubling,
+            &single(Collective::AllReduce, n, count),
+            0,
+            &net,
+        );
+        let want =
+            2.0 * nf.log2() * ALPHA + 2.0 * (nf - 1.0) / nf * s / BW + (nf - 1.0) / nf * s * GAMMA;
+        close(e.time, want, &format!("Rabenseifner N={n}"));
+    }
+}
+
+#[test]
+fn rabenseifner_all_reduce_folds_extra_ranks() {
+    // N = 6 = 4 + 2: ranks 1 and 3 fold into 0 and 2 (α + S/B + S·γ),
+    // Rabenseifner on p = 4, then the results go back (α + S/B):
+    // 2·log2 p·α + 2(p−1)/p·S/B + (p−1)/p·S·γ + 2α + 2S/B + S·γ.
+    let count = 4000u64;
+    let s = (count * ELEM) as f64;
+    let shape = single(Collective::AllReduce, 6, count);
+    let want =
+        4.0 * ALPHA + 1.5 * s / BW + 0.75 * s * GAMMA + 2.0 * ALPHA + 2.0 * s / BW + s * GAMMA;
+    for net in [
+        net(),
+        net().with_injection(Injection::Unlimited),
+        buffered().with_injection(Injection::Unlimited),
+    ] {
+        let e = priced(Algorithm::HalvingDoubling, &shape, 0, &net);
+        close(e.time, want, &format!("Rabenseifner N=6 {net:?}"));
+    }
+    // Buffered with one NIC: rank 4 (virtual rank 2, which does not fold)
+    // sends its first half (S/2) to rank 0 at once, while rank 0 still
+    // takes the fold from rank 1: both share rank 0's port, which delays
+    // the fold by up to S/(2B).
+    let e = priced(Algorithm::HalvingDoubling, &shape, 0, &buffered());
+    assert!(e.time > want * (1.0 + 1e-9) && e.time <= want + 0.5 * s / BW * (1.0 + 1e-9));
+    assert!(e.critical_path.contention > 0.0);
+}
+
+#[test]
+fn recursive_doubling_all_reduce_and_all_gather() {
+    for (n, net) in [2usize, 4, 8, 32]
+        .into_iter()
+        .flat_map(|n| both().map(|m| (n, m)))
+    {
+        let nf = n as f64;
+        let lg = nf.log2();
+        let count = 1000u64 * n as u64;
+        let s = (count * ELEM) as f64;
+        // All-reduce: log2 N exchanges of the whole vector, each folded in
+        // (by the next step's local Reduce): log2 N·(α + S/B + S·γ).
+        let e = priced(
+            Algorithm::RecursiveDoubling,
+            &single(Collective::AllReduce, n, count),
+            0,
+            &net,
+        );
+        close(
+            e.time,
+            lg * (ALPHA + s / BW + s * GAMMA),
+            &format!("recursive doubling all_reduce N={n}"),
+        );
+        // All-gather (halving_doubling): log2 N·α + (N−1)/N·S/B.
+        let e = priced(
+            Algorithm::HalvingDoubling,
+            &blocks(Collective::AllGather, n, 1000),
+            0,
+            &net,
+        );
+        close(
+            e.time,
+            lg * ALPHA + (nf - 1.0) / nf * s / BW,
+            &format!("recursive doubling all_gather N={n}"),
+        );
+    }
+    // N = 6: fold (α + S/B + S·γ), two exchanges each reduced, the result
+    // back: log2 p·(α + S/B + S·γ) + 2α + 2S/B + S·γ.
+    let count = 6000u64;
+    let s = (count * ELEM) as f64;
+    let want = 2.0 * (ALPHA + s / BW + s * GAMMA) + 2.0 * ALPHA + 2.0 * s / BW + s * GAMMA;
+    let shape = single(Collective::AllReduce, 6, count);
+    let e = priced(Algorithm::RecursiveDoubling, &shape, 0, &net());
+    close(e.time, want, "recursive doubling all_reduce N=6");
+    // Buffered (per link): ranks 4 and 5 do not fold, so their second
+    // exchange's message is already at ranks 0 and 2 when those get there;
+    // ranks 0 and 2 are then done with that step once their own bytes have
+    // left (S/B), one α less on the critical path.
+    let e = priced(
+        Algorithm::RecursiveDoubling,
+        &shape,
+        0,
+        &buffered().with_injection(Injection::Unlimited),
+    );
+    close(e.time, want - ALPHA, "buffered recursive doubling N=6");
+    // With one NIC that early message also competes for rank 0's port.
+    let e = priced(Algorithm::RecursiveDoubling, &shape, 0, &buffered());
+    assert!(e.time > (want - ALPHA) * (1.0 + 1e-9) && e.time <= want + s / BW);
+}
+
+#[test]
+fn bruck_all_gather_any_n() {
+    // ⌈log2 N⌉·α + (N−1)/N·S/B, plus (with a copy cost) the own block copied
+    // in and the final rotation: (S/N + S)·copy.
+    let copy = 0.05e-9;
+    for n in 2usize..=17 {
+        let per = 1500u64;
+        let nf = n as f64;
+        let b = (per * ELEM) as f64;
+        let s = b * nf;
+        let shape = blocks(Collective::AllGather, n, per);
+        for net in both() {
+            let e = priced(Algorithm::Bruck, &shape, 0, &net);
+            close(
+                e.time,
+                log2_ceil(n) * ALPHA + (nf - 1.0) / nf * s / BW,
+                &format!("Bruck N={n}"),
+            );
+        }
+        let e = priced(Algorithm::Bruck, &shape, 0, &buffered().with_copy(copy));
+        close(
+            e.time,
+            log2_ceil(n) * ALPHA + (nf - 1.0) / nf * s / BW + (b + s) * copy,
+            &format!("Bruck with copies N={n}"),
+        );
+    }
+}
+
+#[test]
+fn star_root_serialises_its_sends_through_its_port() {
+    let count = 10_000u64;
+    let s = (count * ELEM) as f64;
+    for (n, net) in [2usize, 3, 8, 33]
+        .into_iter()
+        .flat_map(|n| both().map(|m| (n, m)))
+    {
+        let net = || net.clone();
+        let nf = n as f64;
+        let shape = single(Collective::Broadcast, n, count);
+        // One NIC: α + (N−1)·S/B; the root is done when its last byte left.
+        let e = priced(Algorithm::Star, &shape, 0, &net());
+        close(e.time, ALPHA + (nf - 1.0) * s / BW, &format!("star N={n}"));
+        close(e.rank_finish[0], (nf - 1.0) * s / BW, "root leaves");
+        let root = generate(Algorithm::Star, &shape, 0, &PlanOptions::default()).unwrap();
+        close(
+            lower_bound(&root, &net(), ELEM),
+            (nf - 1.0) * s / BW,
+            "root's bound",
+        );
+        assert_eq!(e.last_rank, n - 1);
+        // An injection limit below the link: every byte at that rate.
+        let limit = BW / 4.0;
+        let e = priced(
+            Algorithm::Star,
+            &shape,
+            0,
+            &net().with_injection(Injection::Limit(limit)),
+        );
+        close(e.time, ALPHA + (nf - 1.0) * s / limit, "star, 1/4 port");
+        // No port limit: all at once.
+        let e = priced(
+            Algorithm::Star,
+            &shape,
+            0,
+            &net().with_injection(Injection::Unlimited),
+        );
+        close(e.time, ALPHA + s / BW, "star, unlimited port");
+        // All-reduce: gather (ejection port), fold N−1 inputs, send back.
+        let e = priced(
+            Algorithm::Star,
+            &single(Collective::AllReduce, n, count),
+            0,
+            &net(),
+        );
+        close(
+            e.time,
+            2.0 * ALPHA + 2.0 * (nf - 1.0) * s / BW + (nf - 1.0) * s * GAMMA,
+            &format!("star all_reduce N={n}"),
+        );
+    }
+}
+
+#[test]
+fn links_are_classified_by_host_with_a_port_per_class() {
+    // 8 ranks, 4 per host: the star root 0 feeds ranks 1–3 over shared
+    // memory and ranks 4–7 over the network, both ports at once.
+    let shm = Link::new(0.5e-6, 20e9);
+    let tcp = Link::new(20e-6, 1.25e9);
+    let net = Network {
+        inter: tcp,
+        ..Network::uniform(1.0, 1.0)
+    }
+    .with_pipeline_bytes(0)
+    .with_hosts(Hosts::Blocks(4), shm);
+    assert_eq!(net.link(0, 3), &shm);
+    assert_eq!(net.link(3, 4), &tcp);
+    assert_eq!(net.link(7, 4), &shm);
+    let count = 100_000u64;
+    let s = (count * ELEM) as f64;
+    let e = priced(
+        Algorithm::Star,
+        &single(Collective::Broadcast, 8, count),
+        0,
+        &net,
+    );
+    close(
+        e.time,
+        (shm.alpha + 3.0 * s / shm.bandwidth).max(tcp.alpha + 4.0 * s / tcp.bandwidth),
+        "mixed star",
+    );
+    // An explicit map: ranks 0 and 5 share a host, everyone else is remote.
+    let map = net
+        .clone()
+        .with_hosts(Hosts::Map(vec![0, 1, 2, 3, 4, 0, 6, 7]), shm);
+    assert_eq!(map.link(0, 5), &shm);
+    assert_eq!(map.link(0, 1), &tcp);
+    let e = priced(
+        Algorithm::Star,
+        &single(Collective::Broadcast, 8, count),
+        0,
+        &map,
+    );
+    close(e.time, tcp.alpha + 6.0 * s / tcp.bandwidth, "map star");
+    close(
+        e.rank_finish[5],
+        shm.alpha + s / shm.bandwidth,
+        "rank 5 over shm",
+    );
+}
+
+#[test]
+fn every_algorithm_prices_at_small_n_and_one_rank_is_free() {
+    for (c, net) in Collective::ALL
+        .into_iter()
+        .flat_map(|c| both().map(|m| (c, m.with_copy(0.1e-9).with_overhead(1e-7))))
+    {
+        for &alg in c.algorithms() {
+            for n in 1..=9usize {
+                let shape = match c {
+                    Collective::Broadcast | Collective::Reduce | Collective::AllReduce => {
+                        single(c, n, 777)
+                    }
+                    Collective::AllToAll => Shape::new(
+                        c,
+                        n,
+                        0,
+                        Counts::Matrix {
+                            counts: vec![13; n * n],
+                            partial: false,
+                        },
+                    ),
+                    Collective::Barrier => Shape::new(c, n, 0, Counts::None),
+                    _ => Shape::new(c, n, n / 2, Counts::Blocks(even_blocks(777, n))),
+                };
+                let options = PlanOptions { chunk_elems: 100 };
+                let e = price_call(alg, &shape, &options, &net, 2)
+                    .unwrap_or_else(|e| panic!("{alg} {c} N={n}: {e}"));
+                assert!(e.time.is_finite() && e.time >= 0.0);
+                // Each rank's own work bounds its finish from below.
+                for r in 0..n {
+                    let plan = generate(alg, &shape, r, &options).unwrap();
+                    let lb = lower_bound(&plan, &net, 2);
+                    assert!(
+                        lb <= e.rank_finish[r] * (1.0 + 1e-9) + 1e-15,
+                        "{alg} {c} N={n} rank {r}: bound {lb} > finish {}",
+                        e.rank_finish[r]
+                    );
+                }
+                close(e.critical_path.total(), e.time, "breakdown adds up");
+                if n == 1 {
+                    assert_eq!(e.messages, 0, "{alg} {c}");
+                    assert!(
+                        e.time <= 2.0 * 777.0 * 2.0 * 0.1e-9 * (1.0 + 1e-9),
+                        "{alg} {c}"
+                    );
+                } else if c == Collective::Barrier {
+                    assert!(e.time > 0.0, "{alg} barrier N={n}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn price_of_given_plans_equals_price_of_generated_ones() {
+    // Above 64 ranks generation runs on several threads; the merged
+    // templates must price exactly as the serial path.
+    for (alg, shape) in [
+        (
+            Algorithm::Ring,
+            single(Collective::AllReduce, 300, 300 * 17 + 5),
+        ),
+        (Algorithm::Tree, single(Collective::AllReduce, 200, 100_000)),
+        (Algorithm::Bruck, blocks(Collective::AllGather, 150, 7)),
+    ] {
+        let options = PlanOptions { chunk_elems: 4096 };
+        let plans: Vec<Plan> = (0..shape.nranks)
+            .map(|r| generate(alg, &shape, r, &options).unwrap())
+            .collect();
+        let net = net().with_copy(0.1e-9).with_overhead(1e-7);
+        let a = price(&plans, &net, ELEM).unwrap();
+        let b = price_call(alg, &shape, &options, &net, ELEM).unwrap();
+        assert_eq!(a, b, "{alg}");
+    }
+}
+
+#[test]
+fn tuner_picks_latency_optimal_small_and_bandwidth_optimal_large() {
+    let opts = TuneOptions {
+        exhaustive: true,
+        ..TuneOptions::default()
+    };
+    // Without a per-message cost the star's two latencies beat any number
+    // of rounds: its hub's 2·63 tiny messages cost nothing but bytes.
+    let free = Network::uniform(20e-6, 1.25e9).with_gamma(GAMMA);
+    let t = tune(Collective::AllReduce, 8, 64, ELEM, &free, &opts).unwrap();
+    assert_eq!(t.best().unwrap().algorithm, Algorithm::Star);
+    // With 1 µs per message on the sender's port, 2·63 µs at the hub lose
+    // to log2 64 = 6 rounds of α + o (plus a few nanoseconds of bytes).
+    let net = free.with_overhead(1e-6);
+    let small = tune(Collective::AllReduce, 8, 64, ELEM, &net, &opts).unwrap();
+    assert_eq!(
+        small.best().unwrap().algorithm,
+        Algorithm::RecursiveDoubling
+    );
+    let t = small.best().unwrap().time().unwrap();
+    assert!((6.0 * 21e-6..6.1 * 21e-6).contains(&t), "{t}");
+    let large = tune(Collective::AllReduce, 256 << 20, 64, ELEM, &net, &opts).unwrap();
+    assert_eq!(large.best().unwrap().algorithm, Algorithm::HalvingDoubling);
+    for t in [&small, &large] {
+        let times: Vec<f64> = t.candidates.iter().map(|c| c.time().unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        // Every algorithm of the collective is among the candidates, and
+        // each candidate is the price of its own plans.
+        for &a in Collective::AllReduce.algorithms() {
+            assert!(t.candidates.iter().any(|c| c.algorithm == a), "{a}");
+        }
+        for c in &t.candidates {
+            let mut n = net.clone();
+            if let Some(b) = c.chunk_bytes {
+                assert!(pipelines(c.algorithm, Collective::AllReduce));
+                n = n.with_pipeline_bytes(b);
+            }
+            let e = price_call(c.algorithm, &t.shape, &c.options, &n, ELEM).unwrap();
+            assert_eq!(Some(e.time), c.time());
+        }
+    }
+    // Large all-gather on a non-power of two: the ring (or Bruck, same
+    // volume) beats the star and the folded recursive doubling.
+    let ag = tune(Collective::AllGather, 64 << 20, 24, ELEM, &net, &opts).unwrap();
+    let best = ag.best().unwrap().algorithm;
+    assert!(matches!(best, Algorithm::Ring | Algorithm::Bruck), "{best}");
+    let table = ag.to_string();
+    assert!(table.contains('*') && table.contains("ring") && table.contains("star"));
+}
+
+#[test]
+fn pruned_tuning_chooses_as_the_exhaustive_one() {
+    // The default search skips candidates whose lower bound exceeds the
+    // best time so far and abandons simulations that pass it; it must land
+    // on the same choice, at the same time, while pricing less.
+    let nets = [
+        Network::uniform(20e-6, 1.25e9)
+            .with_gamma(GAMMA)
+            .with_overhead(1e-6),
+        Network::uniform(2e-6, 12.5e9).with_overhead(0.2e-6),
+    ];
+    let full = TuneOptions {
+        exhaustive: true,
+        ..TuneOptions::default()
+    };
+    let mut pruned_some = false;
+    for net in &nets {
+        for c in [
+            Collective::AllReduce,
+            Collective::Broadcast,
+            Collective::AllGather,
+            Collective::ReduceScatter,
+        ] {
+            for n in [2usize, 7, 16, 64] {
+                for bytes in [8u64, 64 << 10, 4 << 20] {
+                    let a = tune(c, bytes, n, ELEM, net, &TuneOptions::default()).unwrap();
+                    let b = tune(c, bytes, n, ELEM, net, &full).unwrap();
+                    let (x, y) = (a.best().unwrap(), b.best().unwrap());
+                    assert_eq!(x.time(), y.time(), "{c} N={n} {bytes} B");
+                    assert_eq!(a.candidates.len(), b.candidates.len());
+                    // A priced candidate has its exhaustive time; a pruned
+                    // one really was slower than the choice.
+                    for ca in &a.candidates {
+                        let cb = b
+                            .candidates
+                            .iter()
+                            .find(|cb| cb.algorithm == ca.algorithm && cb.options == ca.options)
+                            .unwrap();
+                        match &ca.outcome {
+                            Ok(e) => assert_eq!(Some(e.time), cb.time()),
+                            Err(CostError::Pruned { best }) => {
+                                pruned_some = true;
+                                assert!(cb.time().unwrap() > *best, "{c} N={n} {bytes} B");
+                                assert!(*best >= y.time().unwrap());
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(pruned_some);
+}
+
+#[test]
+fn budget_skips_candidates_instead_of_pricing_them() {
+    let shape = single(Collective::AllReduce, 64, 1 << 20);
+    let err = price_call_within(
+        Algorithm::Ring,
+        &shape,
+        &PlanOptions::default(),
+        &net(),
+        ELEM,
+        1000,
+    )
+    .unwrap_err();
+    assert_eq!(err, CostError::Budget { limit: 1000 });
+    let opts = TuneOptions {
+        max_messages: 1000,
+        ..TuneOptions::default()
+    };
+    let t = tune(Collective::AllReduce, 4 << 20, 64, ELEM, &net(), &opts).unwrap();
+    // Recursive doubling (64·6 messages) fits, the ring (64·126) does not.
+    let ring = t
+        .candidates
+        .iter()
+        .find(|c| c.algorithm == Algorithm::Ring)
+        .unwrap();
+    assert!(matches!(ring.outcome, Err(CostError::Budget { .. })));
+    assert!(t.best().unwrap().outcome.is_ok());
+    assert!(t.candidates.last().unwrap().outcome.is_err());
+}
+
+fn plan(rank: usize, n: usize, steps: Vec<Vec<Action>>) -> Plan {
+    let mut p = Plan::new(Collective::AllReduce, Algorithm::Ring, rank, n);
+    p.input_len = 100;
+    p.output_len = 100;
+    p.steps = steps.into_iter().map(Step::new).collect();
+    p
+}
+
+fn out(len: u64) -> Region {
+    Region::new(BufferId::Output, 0, len)
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let send = |peer, len| Action::Send {
+        peer,
+        src: out(len),
+    };
+    let recv = |peer, len| Action::Recv {
+        peer,
+        dst: out(len),
+    };
+    // Both ranks receive first: a cycle of waits.
+    let deadlock = [
+        plan(0, 2, vec![vec![recv(1, 5)], vec![send(1, 5)]]),
+        plan(1, 2, vec![vec![recv(0, 5)], vec![send(0, 5)]]),
+    ];
+    match price(&deadlock, &net(), 4) {
+        Err(CostError::Deadlock { stuck, detail }) => {
+            assert_eq!(stuck, vec![0, 1]);
+            assert!(detail.contains("receive from rank 1"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A send nobody receives: the sender waits for ever, or (buffered) the
+    // message is left over.
+    let unmatched = [plan(0, 2, vec![vec![send(1, 5)]]), plan(1, 2, vec![])];
+    assert!(matches!(
+        price(&unmatched, &net(), 4),
+        Err(CostError::Deadlock { .. })
+    ));
+    assert_eq!(
+        price(&unmatched, &buffered(), 4),
+        Err(CostError::Unmatched {
+            src: 0,
+            dst: 1,
+            send_step: 0
+        })
+    );
+    // Both send first, then receive: a deadlock in synchronous rounds, fine
+    // when the messages fit the buffers (each side sends at once).
+    let swap = |r: usize| plan(r, 2, vec![vec![send(1 - r, 5)], vec![recv(1 - r, 5)]]);
+    assert!(matches!(
+        price(&[swap(0), swap(1)], &net(), 4),
+        Err(CostError::Deadlock { .. })
+    ));
+    let e = price(&[swap(0), swap(1)], &buffered(), 4).unwrap();
+    close(e.time, ALPHA + 20.0 / BW, "swap through the buffers");
+    assert!(matches!(
+        price(&[swap(0), swap(1)], &buffered().with_buffer_bytes(16), 4),
+        Err(CostError::Deadlock { .. })
+    ));
+    let mismatch = [
+        plan(0, 2, vec![vec![send(1, 5)]]),
+        plan(1, 2, vec![vec![recv(0, 6)]]),
+    ];
+    assert!(matches!(
+        price(&mismatch, &net(), 4),
+        Err(CostError::LengthMismatch {
+            send_len: 5,
+            recv_len: 6,
+            ..
+        })
+    ));
+    let bad_peer = [plan(0, 2, vec![vec![send(2, 5)]]), plan(1, 2, vec![])];
+    assert!(matches!(
+        price(&bad_peer, &net(), 4),
+        Err(CostError::BadPeer { peer: 2, .. })
+    ));
+    let self_peer = [plan(0, 2, vec![vec![send(0, 5)]]), plan(1, 2, vec![])];
+    assert!(matches!(
+        price(&self_peer, &net(), 4),
+        Err(CostError::BadPeer { peer: 0, .. })
+    ));
+    let swapped = [plan(1, 2, vec![]), plan(0, 2, vec![])];
+    assert!(matches!(
+        price(&swapped, &net(), 4),
+        Err(CostError::WrongRank { index: 0, .. })
+    ));
+    assert!(matches!(price(&[], &net(), 4), Err(CostError::Argument(_))));
+    let ok = [plan(0, 1, vec![])];
+    assert!(matches!(price(&ok, &net(), 0), Err(CostError::Argument(_))));
+    for bad in [
+        Network::uniform(-1.0, 1e9),
+        Network::uniform(f64::NAN, 1e9),
+        Network::uniform(1e-6, 0.0),
+        Network::uniform(1e-6, f64::INFINITY),
+        Network::uniform(1e-6, 1e9).with_gamma(-1.0),
+        Network::uniform(1e-6, 1e9).with_injection(Injection::Limit(0.0)),
+        Network::uniform(1e-6, 1e9).with_hosts(Hosts::Blocks(0), Link::new(1e-6, 1e9)),
+        Network::uniform(1e-6, 1e9).with_hosts(Hosts::Map(vec![0]), Link::new(1e-6, 1e9)),
+    ] {
+        let shape = single(Collective::AllReduce, 2, 10);
+        assert!(
+            matches!(
+                price_call(Algorithm::Ring, &shape, &PlanOptions::default(), &bad, 4),
+                Err(CostError::Network(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    // Generator errors come through.
+    let shape = single(Collective::AllReduce, 4, 10);
+    assert!(matches!(
+        price_call(Algorithm::Bruck, &shape, &PlanOptions::default(), &net(), 4),
+        Err(CostError::Plan(_))
+    ));
+    let shape = single(Collective::AllReduce, 0, 10);
+    assert!(matches!(
+        price_call(Algorithm::Ring, &shape, &PlanOptions::default(), &net(), 4),
+        Err(CostError::Plan(_))
+    ));
+    assert!(tune(
+        Collective::Broadcast,
+        8,
+        4,
+        4,
+        &net(),
+        &TuneOptions {
+            root: 4,
+            ..TuneOptions::default()
+        }
+    )
+    .is_err());
+    assert!(tune(
+        Collective::AllReduce,
+        8,
+        4,
+        4,
+        &net(),
+        &TuneOptions {
+            algorithms: Some(vec![Algorithm::Bruck]),
+            ..TuneOptions::default()
+        }
+    )
+    .is_err());
+}
