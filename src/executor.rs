@@ -57,7 +57,31 @@ pub(crate) const CALL_NAMES: [&str; 16] = [
 ];
 
 pub(crate) fn call_code(name: &str) -> u8 {
-    CALL_NAMES.iter().position(|n| *n == name).unwrap_or(0) as u8
+    // A match, not a search of CALL_NAMES: this runs on every call.
+    let code = match name {
+        "broadcast" => 0,
+        "reduce" => 1,
+        "all_reduce" => 2,
+        "scatter" => 3,
+        "gather" => 4,
+        "all_gather" => 5,
+        "reduce_scatter" => 6,
+        "all_to_all" => 7,
+        "barrier" => 8,
+        "scatter_v" => 9,
+        "gather_v" => 10,
+        "all_gather_v" => 11,
+        "reduce_scatter_v" => 12,
+        "all_to_all_v" => 13,
+        "send" => 14,
+        "send_recv" => 15,
+        _ => 0,
+    };
+    debug_assert_eq!(
+        CALL_NAMES[code as usize], name,
+        "CALL_NAMES and call_code disagree"
+    );
+    code
 }
 
 impl Fingerprint {
@@ -233,11 +257,19 @@ fn run_steps<T: Element>(
     opts: &RunOptions,
 ) -> Result<()> {
     // The per-step lists live on between calls: small calls allocate nothing.
-    WORK.with(|w| {
-        let mut w = w.take();
-        let result = run_steps_with(&mut w, transport, plan, bufs, sent, expected, opts);
-        WORK.with(|slot| slot.replace(w));
-        result
+    WORK.with(|w| match w.try_borrow_mut() {
+        Ok(mut w) => run_steps_with(&mut w, transport, plan, bufs, sent, expected, opts),
+        // Only a call made from inside a call (a sink re-entering braid)
+        // finds the lists taken: it gets its own.
+        Err(_) => run_steps_with(
+            &mut Work::default(),
+            transport,
+            plan,
+            bufs,
+            sent,
+            expected,
+            opts,
+        ),
     })
 }
 
@@ -250,7 +282,7 @@ struct Work {
 }
 
 thread_local! {
-    static WORK: std::cell::Cell<Work> = std::cell::Cell::new(Work::default());
+    static WORK: std::cell::RefCell<Work> = std::cell::RefCell::new(Work::default());
 }
 
 fn run_steps_with<T: Element>(
