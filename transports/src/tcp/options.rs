@@ -20,8 +20,9 @@ pub const DEFAULT_SOCKETS_PER_PEER: usize = 1;
 /// Most sockets one peer's stream may be striped over.
 pub const MAX_SOCKETS_PER_PEER: usize = 64;
 
-/// Default `SO_SNDBUF`/`SO_RCVBUF`.
-pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 << 20;
+/// Default `SO_SNDBUF`/`SO_RCVBUF` (forced above the kernel's cap where
+/// permitted, else the cap; see `BRAID_SOCKET_BUFFER`).
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 32 << 20;
 
 /// Default longest busy-poll of [`Transport::wait`](crate::Transport::wait).
 /// The transport spins less, down to not at all, while spinning does not pay
