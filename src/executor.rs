@@ -240,24 +240,8 @@ pub(crate) fn run_plan<T: Element>(
     expected: &Fingerprint,
     opts: &RunOptions,
 ) -> Result<()> {
-    let result = run_steps(transport, plan, bufs, sent, expected, opts);
-    if result.is_err() {
-        // The caller gets its buffers back: no peer may read them in place.
-        transport.abandon();
-    }
-    result
-}
-
-fn run_steps<T: Element>(
-    transport: &mut dyn Transport,
-    plan: &Plan,
-    bufs: Buffers<'_, T>,
-    sent: &Fingerprint,
-    expected: &Fingerprint,
-    opts: &RunOptions,
-) -> Result<()> {
     // The per-step lists live on between calls: small calls allocate nothing.
-    WORK.with(|w| match w.try_borrow_mut() {
+    let result = WORK.with(|w| match w.try_borrow_mut() {
         Ok(mut w) => run_steps_with(&mut w, transport, plan, bufs, sent, expected, opts),
         // Only a call made from inside a call (a sink re-entering braid)
         // finds the lists taken: it gets its own.
@@ -270,7 +254,12 @@ fn run_steps<T: Element>(
             expected,
             opts,
         ),
-    })
+    });
+    if result.is_err() {
+        // The caller gets its buffers back: no peer may read them in place.
+        transport.abandon();
+    }
+    result
 }
 
 /// The executor's lists, reused from call to call on each thread.
