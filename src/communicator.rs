@@ -3,14 +3,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use braid_topologies::cost::pipelines;
 use braid_topologies::{
     generate, Algorithm, Collective, Counts, Plan, PlanError, PlanOptions, Shape,
 };
 use braid_transports::Transport;
 
-use crate::dtype::{Element, ReduceOp};
+use crate::calibrate::{self, Calibration};
+use crate::dtype::{DType, Element, ReduceOp};
 use crate::executor::{call_code, run_plan, Buffers, Fingerprint, RunOptions};
-use crate::{select, Config, Error, Result};
+use crate::select::{self, Choice, ChosenBy};
+use crate::{Config, Error, Result};
 
 /// Plans are cached per call shape; a program with endlessly varying
 /// all-to-all-v counts must not grow memory without bound.
@@ -19,6 +22,21 @@ const PLAN_CACHE_LIMIT: usize = 512;
 type PlanKey = (Algorithm, Shape, u64, usize);
 /// Plans remembered in front of the cache map.
 const RECENT_PLANS: usize = 4;
+/// The latest calls: shape, element size and forced algorithm, which decide
+/// the plan and its chunk.
+type RecentKey = (Shape, usize, Option<Algorithm>);
+/// Choices per (collective, size bucket, element size, forced algorithm).
+type ChoiceKey = (Collective, u64, u64, Option<Algorithm>);
+const CHOICE_LIMIT: usize = 4096;
+
+/// Whether `BRAID_DEBUG` asks for the tuning table (`tuning`, alone or in a
+/// comma-separated list).
+fn tuning_requested() -> bool {
+    std::env::var("BRAID_DEBUG").is_ok_and(|v| {
+        v.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("tuning"))
+    })
+}
 
 /// One rank's handle on a group of ranks.
 ///
@@ -39,10 +57,15 @@ pub struct Communicator {
     sends_to: Vec<u64>,
     recvs_from: Vec<u64>,
     plans: HashMap<PlanKey, Arc<Plan>>,
-    /// The latest plans, looked up before the map.
-    recent_plans: Vec<(PlanKey, Arc<Plan>)>,
+    /// The latest calls' plans and chunks, looked up before anything else.
+    recent_plans: Vec<(RecentKey, Arc<Plan>, usize)>,
     scratch: Vec<u64>,
     staging: Vec<u64>,
+    /// The links' figures and the network the model prices, once measured.
+    calibration: Option<Calibration>,
+    /// Identifies the calibrated network exactly (for shared choices).
+    net_key: Arc<str>,
+    choices: HashMap<ChoiceKey, Choice>,
 }
 
 /// Lengths of one call's buffers, checked before anything moves.
@@ -87,6 +110,9 @@ impl Communicator {
             recent_plans: Vec::with_capacity(RECENT_PLANS),
             scratch: Vec::new(),
             staging: Vec::new(),
+            calibration: None,
+            net_key: Arc::from(""),
+            choices: HashMap::new(),
         }
     }
 
@@ -127,13 +153,97 @@ impl Communicator {
     }
 
     /// The algorithm a call of `collective` moving `bytes` (largest per-rank
-    /// buffer) would use: the forced one, else the size rule's choice.
+    /// buffer) of 4-byte elements (f32) would use: the forced one, else the
+    /// cost model's choice ([`Communicator::choice`] for other element
+    /// types). Before the communicator has calibrated (its first call that
+    /// chooses, or [`Communicator::calibrate`]) this is the size rule's
+    /// choice ([`crate::select::choose`]).
     pub fn algorithm_for(&self, collective: Collective, bytes: u64) -> Algorithm {
-        self.config
-            .algorithms
-            .get(&collective)
-            .copied()
-            .unwrap_or_else(|| select::choose(collective, bytes, self.size))
+        self.choice(collective, bytes, DType::F32).algorithm
+    }
+
+    /// The algorithm, pipeline chunk and predicted time a call of
+    /// `collective` moving `bytes` (largest per-rank buffer) of `dtype`
+    /// would get, as [`Communicator::algorithm_for`] explains; the same on
+    /// every rank. Answers from the size rule before calibration.
+    pub fn choice(&self, collective: Collective, bytes: u64, dtype: DType) -> Choice {
+        let forced = self.config.algorithms.get(&collective).copied();
+        let elem = dtype.size() as u64;
+        match self
+            .choices
+            .get(&(collective, select::bucket(bytes), elem, forced))
+        {
+            Some(c) => *c,
+            None => self.compute_choice(collective, bytes, elem, forced),
+        }
+    }
+
+    /// The model's predicted time in seconds of a call of `collective`
+    /// moving `bytes` (largest per-rank buffer) of `dtype` with `algorithm`,
+    /// run as this communicator would run it (the chunk it would pick for a
+    /// pipelined algorithm), priced at the size's bucket on the calibrated
+    /// network. `None` before calibration, when `algorithm` does not
+    /// implement `collective`, or when the model cannot price it.
+    pub fn predict(
+        &self,
+        collective: Collective,
+        algorithm: Algorithm,
+        bytes: u64,
+        dtype: DType,
+    ) -> Option<f64> {
+        let cal = self.calibration.as_ref()?;
+        if !algorithm.supports(collective) {
+            return None;
+        }
+        let c = select::remembered_choice(
+            &self.net_key,
+            &cal.network,
+            collective,
+            bytes,
+            self.size,
+            dtype.size() as u64,
+            Some(algorithm),
+            self.pinned_chunk(),
+        );
+        c.predicted
+    }
+
+    /// Measures the links (or reads their figures from the cache or the
+    /// config) so that the cost model can choose algorithms; see
+    /// [`crate::calibrate`]. Collective: every rank calls it, at the same
+    /// point of its calls. A communicator calibrates by itself at its first
+    /// call whose algorithm is not forced; later calls return the figures
+    /// at once.
+    pub fn calibrate(&mut self) -> Result<&Calibration> {
+        let (seq, rank, size) = (self.seq, self.rank, self.size);
+        self.ensure_calibrated()
+            .map_err(|e| e.at("calibrate", seq, rank, size))?;
+        Ok(self.calibration.as_ref().expect("calibrated"))
+    }
+
+    /// The figures and network of the last calibration, if any.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
+    }
+
+    /// The tuning table `BRAID_DEBUG=tuning` prints on rank 0 after
+    /// calibration: the predicted µs of every algorithm of every collective
+    /// at a few sizes, 4-byte elements, `*` on the model's choice. `None`
+    /// before calibration.
+    pub fn tuning_table(&self) -> Option<String> {
+        let cal = self.calibration.as_ref()?;
+        let chunk = match self.pinned_chunk() {
+            Some(c) => format!("chunk {c} B (BRAID_CHUNK_BYTES)"),
+            None => "chunks chosen per size".to_string(),
+        };
+        Some(format!(
+            "braid tuning table: {} ranks, transport {}, f32, predicted us per call (size = largest per-rank buffer; * = chosen; /64K = pipeline chunk; {chunk})\n\
+             braid tuning network: {}\n{}",
+            self.size,
+            self.transport.name(),
+            cal.describe(),
+            select::tuning_table(&cal.network, self.size, 4, self.pinned_chunk())
+        ))
     }
 
     /// Copies `buf` of `root` into `buf` of every rank.
@@ -634,51 +744,212 @@ impl Communicator {
         Ok(())
     }
 
-    fn plan_for(&mut self, call: &str, shape: &Shape, elem_size: usize) -> Result<Arc<Plan>> {
-        let bytes = shape.largest_buffer() * elem_size as u64;
-        let forced = self.config.algorithms.get(&shape.collective).copied();
-        let algorithm =
-            forced.unwrap_or_else(|| select::choose(shape.collective, bytes, self.size));
-        let chunk_elems = (self.config.chunk_bytes / elem_size).max(1) as u64;
-        let key = (algorithm, shape.clone(), chunk_elems, self.rank);
-        // Loops repeat a few calls: compare with the latest plans before
-        // hashing.
-        if let Some((_, plan)) = self.recent_plans.iter().find(|(k, _)| *k == key) {
-            return Ok(Arc::clone(plan));
+    /// The chunk the config fixes, if it does.
+    fn pinned_chunk(&self) -> Option<u64> {
+        (!self.config.tune_chunk).then_some(self.config.chunk_bytes as u64)
+    }
+
+    /// Calibrates unless done: collective, see [`Communicator::calibrate`].
+    fn ensure_calibrated(&mut self) -> Result<()> {
+        if self.calibration.is_some() {
+            return Ok(());
         }
+        let cal = calibrate::calibrate(self.transport.as_mut(), &self.config).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!(
+                    "while calibrating the links (all ranks do at their first call whose \
+                     algorithm the cost model chooses; BRAID_ALGO forces algorithms): {}",
+                    e.message()
+                ),
+            )
+            .with_peers(e.peers().to_vec())
+        })?;
+        if self.rank == 0 {
+            tracing::info!(rank = self.rank, elapsed = ?cal.elapsed, "calibrated: {}", cal.describe());
+        } else {
+            tracing::debug!(rank = self.rank, elapsed = ?cal.elapsed, "calibrated: {}", cal.describe());
+        }
+        self.net_key = Arc::from(format!("{:?}", cal.network));
+        self.calibration = Some(cal);
+        self.choices.clear();
+        self.recent_plans.clear();
+        if self.rank == 0 && tuning_requested() {
+            if let Some(table) = self.tuning_table() {
+                eprint!("{table}");
+            }
+        }
+        Ok(())
+    }
+
+    /// What `collective` at `bytes` of `elem`-byte elements gets now.
+    fn compute_choice(
+        &self,
+        collective: Collective,
+        bytes: u64,
+        elem: u64,
+        forced: Option<Algorithm>,
+    ) -> Choice {
+        let cal = match &self.calibration {
+            Some(cal) => cal,
+            None => {
+                return Choice {
+                    algorithm: forced
+                        .unwrap_or_else(|| select::choose(collective, bytes, self.size)),
+                    chunk_bytes: None,
+                    predicted: None,
+                    by: if forced.is_some() {
+                        ChosenBy::Forced
+                    } else {
+                        ChosenBy::Rule
+                    },
+                }
+            }
+        };
+        if let Some(a) = forced {
+            if !(self.config.tune_chunk && pipelines(a, collective)) {
+                // Nothing to choose: skip pricing.
+                return Choice {
+                    algorithm: a,
+                    chunk_bytes: None,
+                    predicted: None,
+                    by: ChosenBy::Forced,
+                };
+            }
+        }
+        select::remembered_choice(
+            &self.net_key,
+            &cal.network,
+            collective,
+            bytes,
+            self.size,
+            elem,
+            forced,
+            self.pinned_chunk(),
+        )
+    }
+
+    /// The choice for a call: calibrates first when the model must choose.
+    fn choice_for_call(
+        &mut self,
+        shape: &Shape,
+        elem_size: usize,
+        forced: Option<Algorithm>,
+    ) -> Result<Choice> {
+        let collective = shape.collective;
+        if let Counts::Matrix { partial: true, .. } = shape.counts {
+            // all_to_all_v: each rank knows only its row and column, so the
+            // ranks share no size to choose by.
+            return Ok(Choice {
+                algorithm: forced.unwrap_or(Algorithm::Pairwise),
+                chunk_bytes: None,
+                predicted: None,
+                by: if forced.is_some() {
+                    ChosenBy::Forced
+                } else {
+                    ChosenBy::Rule
+                },
+            });
+        }
+        if forced.is_none() {
+            self.ensure_calibrated()?;
+        }
+        let bytes = shape.largest_buffer().saturating_mul(elem_size as u64);
+        let elem = elem_size as u64;
+        let key = (collective, select::bucket(bytes), elem, forced);
+        if let Some(c) = self.choices.get(&key) {
+            return Ok(*c);
+        }
+        let c = self.compute_choice(collective, bytes, elem, forced);
+        if self.choices.len() >= CHOICE_LIMIT {
+            self.choices.clear();
+        }
+        self.choices.insert(key, c);
+        Ok(c)
+    }
+
+    /// The plan of this rank for `shape` and the chunk to stream it in.
+    fn plan_for(
+        &mut self,
+        call: &str,
+        shape: &Shape,
+        elem_size: usize,
+    ) -> Result<(Arc<Plan>, usize)> {
+        let forced = self.config.algorithms.get(&shape.collective).copied();
+        // Loops repeat a few calls: compare with the latest ones before
+        // anything else.
+        if let Some((_, plan, chunk)) = self
+            .recent_plans
+            .iter()
+            .find(|(k, ..)| k.1 == elem_size && k.2 == forced && k.0 == *shape)
+        {
+            return Ok((Arc::clone(plan), *chunk));
+        }
+        let choice = self.choice_for_call(shape, elem_size, forced)?;
+        let (plan, chunk_bytes) = match self.plan_of(call, shape, elem_size, &choice) {
+            Err(e) if choice.by == ChosenBy::Model => {
+                // Priced on an even shape of the bucket; this call's own
+                // shape may not suit it.
+                let bytes = shape.largest_buffer().saturating_mul(elem_size as u64);
+                let fallback = Choice {
+                    algorithm: select::choose(shape.collective, bytes, self.size),
+                    chunk_bytes: None,
+                    predicted: None,
+                    by: ChosenBy::Rule,
+                };
+                tracing::warn!(rank = self.rank, call, "{e}; using {}", fallback.algorithm);
+                self.plan_of(call, shape, elem_size, &fallback)?
+            }
+            other => other?,
+        };
+        if self.recent_plans.len() == RECENT_PLANS {
+            self.recent_plans.remove(0);
+        }
+        self.recent_plans.push((
+            (shape.clone(), elem_size, forced),
+            Arc::clone(&plan),
+            chunk_bytes,
+        ));
+        Ok((plan, chunk_bytes))
+    }
+
+    fn plan_of(
+        &mut self,
+        call: &str,
+        shape: &Shape,
+        elem_size: usize,
+        choice: &Choice,
+    ) -> Result<(Arc<Plan>, usize)> {
+        let algorithm = choice.algorithm;
+        let chunk_bytes = choice
+            .chunk_bytes
+            .map_or(self.config.chunk_bytes, |b| b as usize)
+            .max(1);
+        let chunk_elems = (chunk_bytes / elem_size).max(1) as u64;
+        let key = (algorithm, shape.clone(), chunk_elems, self.rank);
         if let Some(plan) = self.plans.get(&key) {
-            let plan = Arc::clone(plan);
-            self.remember_plan(key, Arc::clone(&plan));
-            return Ok(plan);
+            return Ok((Arc::clone(plan), chunk_bytes));
         }
         let plan = generate(algorithm, shape, self.rank, &PlanOptions { chunk_elems }).map_err(
             |e| match e {
                 PlanError::Unsupported { reason, .. } => Error::unsupported(format!(
                     "algorithm {algorithm} ({}) does not support {call}: {reason}",
-                    if forced.is_some() {
-                        "forced by BRAID_ALGO or the config"
-                    } else {
-                        "chosen by the size rule"
+                    match choice.by {
+                        ChosenBy::Forced => "forced by BRAID_ALGO or the config",
+                        ChosenBy::Model => "chosen by the cost model",
+                        ChosenBy::Rule => "chosen by the size rule",
                     }
                 )),
                 PlanError::InvalidShape { reason, .. } => Error::invalid(reason),
             },
         )?;
-        tracing::debug!(rank = self.rank, call, %algorithm, steps = plan.steps.len(), "new plan");
+        tracing::debug!(rank = self.rank, call, %algorithm, chunk_bytes, steps = plan.steps.len(), "new plan");
         if self.plans.len() >= PLAN_CACHE_LIMIT {
             self.plans.clear();
         }
         let plan = Arc::new(plan);
-        self.plans.insert(key.clone(), Arc::clone(&plan));
-        self.remember_plan(key, Arc::clone(&plan));
-        Ok(plan)
-    }
-
-    fn remember_plan(&mut self, key: PlanKey, plan: Arc<Plan>) {
-        if self.recent_plans.len() == RECENT_PLANS {
-            self.recent_plans.remove(0);
-        }
-        self.recent_plans.push((key, plan));
+        self.plans.insert(key, Arc::clone(&plan));
+        Ok((plan, chunk_bytes))
     }
 
     fn collective<T: Element>(
@@ -698,7 +969,7 @@ impl Communicator {
             self.check_root(shape.root)
                 .map_err(|e| at(e, seq, rank, size))?;
         }
-        let plan = self
+        let (plan, chunk_bytes) = self
             .plan_for(call, &shape, std::mem::size_of::<T>())
             .map_err(|e| at(e, seq, rank, size))?;
         self.seq += 1;
@@ -733,7 +1004,7 @@ impl Communicator {
             &RunOptions {
                 op,
                 timeout: self.config.timeout,
-                chunk_bytes: self.config.chunk_bytes,
+                chunk_bytes,
             },
         );
         self.scratch = scratch;

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use braid_transports::mixed::MixedTransport;
+use braid_transports::shape::{LinkShape, ShapedTransport};
 use braid_transports::shm::{self, ShmOptions};
 use braid_transports::tcp::{self, JobAuth, TcpOptions};
 use braid_transports::Transport;
@@ -207,6 +208,7 @@ impl Communicator {
         transport_choice()?;
         TcpOptions::from_env().map_err(Error::config)?;
         ShmOptions::from_env().map_err(Error::config)?;
+        LinkShape::from_env().map_err(Error::config)?;
         let info = launch::detect()?;
         for (k, v) in env_overrides() {
             if k != "BRAID_TOKEN" {
@@ -226,6 +228,7 @@ impl Communicator {
         let at = |e: Error| e.at("init", 0, rank, size);
         let deadline = Instant::now() + config.timeout;
         let options = TcpOptions::from_env().map_err(|e| at(Error::config(e)))?;
+        let shape = LinkShape::from_env().map_err(|e| at(Error::config(e)))?;
 
         // The job's identity: a random id and, unless BRAID_TOKEN is set, a
         // random token, both made by rank 0 and shared through the store.
@@ -292,6 +295,21 @@ impl Communicator {
                 )
                 .map_err(|e| at(Error::new(ErrorKind::Transport, e.to_string())))?,
             )
+        };
+        // BRAID_SHAPE: every link emulates a slower network (validation of
+        // the cost model on networks this machine does not have).
+        let transport: Box<dyn Transport> = match shape {
+            Some(shape) => {
+                let shaped = ShapedTransport::new(transport, shape);
+                tracing::info!(
+                    rank,
+                    size,
+                    queue_bytes = shaped.queue_bytes(),
+                    "BRAID_SHAPE: every link shaped to {shape}"
+                );
+                Box::new(shaped)
+            }
+            None => transport,
         };
         tracing::info!(rank, size, transport = transport.name(), launcher = ?info.launcher, "communicator ready");
         Ok(Communicator::new(transport, config))

@@ -7,7 +7,9 @@
 //!
 //! Algorithms are data: a topology generates a per-rank [`Plan`]
 //! (`braid_topologies`), the executor runs it over a [`Transport`]
-//! (`braid_transports`), and a simulator checks every plan in tests.
+//! (`braid_transports`), a simulator checks every plan in tests, and a
+//! cost model prices the plans of each call on the links the communicator
+//! measured, to choose its algorithm ([`select`], [`calibrate`]).
 //!
 //! ```
 //! use braid::{run_local, Config, ReduceOp};
@@ -31,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod calibrate;
 mod communicator;
 mod config;
 mod dtype;
@@ -42,16 +45,20 @@ mod local;
 pub mod select;
 pub mod store;
 
+pub use calibrate::Calibration;
 pub use communicator::Communicator;
-pub use config::{parse_algorithms, parse_size, Config};
+pub use config::{
+    parse_algorithms, parse_calibrate, parse_links, parse_size, Calibrate, Config, LinkSpec,
+};
 pub use dtype::{
     reduce_into, DType, Element, ReduceOp, PARALLEL_REDUCE_BYTES, PARALLEL_REDUCE_MIN_THREADS,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use init::init_logging;
 pub use local::{local_group, local_group_with, run_local};
+pub use select::{Choice, ChosenBy};
 
-pub use braid_topologies::{Algorithm, Collective, Plan};
+pub use braid_topologies::{Algorithm, Collective, Network, Plan};
 pub use braid_transports::Transport;
 
 /// The README's examples, compiled and run as doc tests.

@@ -1,6 +1,8 @@
 //! In-process groups: one communicator per thread, over the local transport.
 
 use braid_transports::local::{endpoints, DEFAULT_PAIR_CAPACITY};
+use braid_transports::shape::{LinkShape, ShapedTransport};
+use braid_transports::Transport;
 
 use crate::{Communicator, Config, Error, Result};
 
@@ -10,16 +12,34 @@ pub fn local_group(n: usize) -> Result<Vec<Communicator>> {
     local_group_with(n, Config::from_env()?)
 }
 
-/// [`local_group`] with an explicit configuration.
+/// [`local_group`] with an explicit configuration. `BRAID_SHAPE`, when set,
+/// still shapes the links (an invalid value is an error).
 pub fn local_group_with(n: usize, config: Config) -> Result<Vec<Communicator>> {
     if n == 0 {
         return Err(Error::invalid(
             "a group needs at least one rank; ask for n >= 1",
         ));
     }
+    let shape = LinkShape::from_env().map_err(Error::config)?;
+    // BRAID_DEBUG logs in-process groups too (a no-op when it is unset or
+    // the program has a subscriber of its own).
+    crate::init_logging();
+    if let Some(shape) = &shape {
+        tracing::info!(
+            ranks = n,
+            queue_bytes = shape.queue_bytes(),
+            "BRAID_SHAPE: every link of the in-process group shaped to {shape}"
+        );
+    }
     Ok(endpoints(n, DEFAULT_PAIR_CAPACITY)
         .into_iter()
-        .map(|ep| Communicator::new(Box::new(ep), config.clone()))
+        .map(|ep| {
+            let transport: Box<dyn Transport> = match shape {
+                Some(shape) => Box::new(ShapedTransport::new(Box::new(ep), shape)),
+                None => Box::new(ep),
+            };
+            Communicator::new(transport, config.clone())
+        })
         .collect())
 }
 

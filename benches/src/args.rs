@@ -16,6 +16,12 @@ options:
   --ranks N                  ranks, as threads of this process; without it, under a
                              launcher (braid-run, torchrun, srun, mpirun) this process
                              is one rank and rank 0 prints; otherwise 4 threads
+  --transport T              local: ranks as threads over the in-process transport;
+                             auto, tcp, shm: under a launcher, this process is one rank
+                             connected that way (sets BRAID_TRANSPORT); without one,
+                             --ranks threads of this process connected that way;
+                             cuda: not available in this build.
+                             Default: local, or BRAID_TRANSPORT under a launcher
   -b, --minbytes SIZE        smallest size (default 8)
   -e, --maxbytes SIZE        largest size (default 16M)
   -f, --stepfactor F         multiply the size by F from one row to the next (default 4, >= 2)
@@ -26,14 +32,20 @@ options:
   -d, --datatype T           f32 (default) f64 f16 bf16 i8 u8 i32 u32 i64 u64
   -o, --op OP                sum (default) prod min max avg (avg: float types only)
   -r, --root R               root of broadcast, reduce, gather and scatter (default 0)
-  -a, --algorithm A          auto (default: the size rule's choice), all (one row per
+  -a, --algorithm A          auto (default: the cost model's choice), all (one row per
                              algorithm, * marks auto's choice) or an algorithm name
       --json                 one JSON object per row on stdout instead of the table
+                             (fields: collective bytes count dtype op root nranks
+                             transport algorithm auto_choice time_us algbw_gbps
+                             busbw_gbps wrong predicted_us, and error when failed)
   -h, --help                 this text
 
 SIZE is the largest per-rank buffer in bytes (nccl-tests' convention) and takes
 K, M, G suffixes (powers of 1024): 8, 64K, 16M, 1G.
-Environment: BRAID_ALGO, BRAID_TIMEOUT, BRAID_CHUNK_BYTES as for any braid program.
+The predicted column is the cost model's time for the row's algorithm on the
+links the group calibrated (BRAID_LINK, BRAID_CALIBRATE; docs/cost-model.md).
+Environment: BRAID_ALGO, BRAID_TIMEOUT, BRAID_CHUNK_BYTES, BRAID_LINK,
+BRAID_CALIBRATE as for any braid program.
 Exit status: 0 ok, 1 a wrong element or a failed call, 2 bad arguments.
 ";
 
@@ -112,6 +124,51 @@ impl FromStr for Bench {
     }
 }
 
+/// How the ranks of a run are connected (`--transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// Ranks as threads over the in-process transport.
+    Local,
+    /// Shared memory on this host, TCP to others (`BRAID_TRANSPORT=auto`).
+    Auto,
+    /// TCP everywhere.
+    Tcp,
+    /// Shared memory (every rank on this host).
+    Shm,
+}
+
+impl TransportChoice {
+    /// The name on the command line (and the `BRAID_TRANSPORT` value).
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportChoice::Local => "local",
+            TransportChoice::Auto => "auto",
+            TransportChoice::Tcp => "tcp",
+            TransportChoice::Shm => "shm",
+        }
+    }
+}
+
+impl FromStr for TransportChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(TransportChoice::Local),
+            "auto" => Ok(TransportChoice::Auto),
+            "tcp" => Ok(TransportChoice::Tcp),
+            "shm" => Ok(TransportChoice::Shm),
+            "cuda" => Err(
+                "--transport cuda is not available in this build (braid has no CUDA transport yet); \
+                 use local, auto, tcp or shm"
+                    .into(),
+            ),
+            _ => Err(format!(
+                "unknown transport '{s}'; valid: local, auto, tcp, shm (cuda: not in this build)"
+            )),
+        }
+    }
+}
+
 /// Which algorithms the rows use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlgoChoice {
@@ -157,6 +214,8 @@ pub struct Options {
     pub algo: AlgoChoice,
     /// JSON lines instead of the table.
     pub json: bool,
+    /// `--transport`, if given.
+    pub transport: Option<TransportChoice>,
 }
 
 /// Default timed calls per row.
@@ -183,6 +242,7 @@ impl Options {
             root: 0,
             algo: AlgoChoice::Auto,
             json: false,
+            transport: None,
         }
     }
 }
@@ -281,6 +341,7 @@ where
             "-o" | "--op" => o.op = value()?.parse().map_err(usage)?,
             "-r" | "--root" => o.root = number(flag, &value()?)?,
             "-a" | "--algorithm" => algo = Some(value()?),
+            "--transport" => o.transport = Some(value()?.parse().map_err(usage)?),
             f if f.starts_with('-') && f.len() > 1 => {
                 return Err(usage(format!("unknown option '{f}'")))
             }
@@ -426,6 +487,17 @@ mod tests {
         assert!(err(&["broadcast", "-r", "4"]).contains("out of range for 4 ranks"));
         assert!(err(&["all_reduce", "reduce"]).contains("one collective per run"));
         assert!(err(&["all_reduce", "--check=1"]).contains("takes no value"));
+        assert!(err(&["all_reduce", "--transport", "cuda"]).contains("not available in this build"));
+        assert!(err(&["all_reduce", "--transport", "ib"]).contains("valid: local, auto, tcp, shm"));
+    }
+
+    #[test]
+    fn transports_parse() {
+        assert_eq!(parse(["all_reduce"]).unwrap().transport, None);
+        for t in ["local", "auto", "tcp", "shm"] {
+            let o = parse(["all_reduce", "--transport", t]).unwrap();
+            assert_eq!(o.transport.map(TransportChoice::name), Some(t));
+        }
     }
 
     #[test]

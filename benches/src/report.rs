@@ -34,8 +34,9 @@ impl RowContext {
     }
 }
 
-/// One measured row; also the JSON object of `--json` (field for field).
-/// Times and bandwidths of a failed row are NaN (`null` in JSON).
+/// One measured row; also the JSON object of `--json`: every field but
+/// `iters` and `min_us`, in this order, and `error` only when the row
+/// failed. Times and bandwidths of a failed row are NaN (`null` in JSON).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Row {
     /// The collective (or `send_recv`).
@@ -58,11 +59,13 @@ pub struct Row {
     pub algorithm: Option<&'static str>,
     /// Whether automatic choice picks this algorithm at this size.
     pub auto_choice: bool,
-    /// Timed calls.
+    /// Timed calls (not in the JSON).
+    #[serde(skip)]
     pub iters: usize,
     /// Median over samples of the slowest rank's time, in µs.
     pub time_us: f64,
-    /// Fastest sample, in µs.
+    /// Fastest sample, in µs (not in the JSON).
+    #[serde(skip)]
     pub min_us: f64,
     /// `bytes / time_us`, in GB/s (10^9 B/s).
     pub algbw_gbps: f64,
@@ -70,6 +73,10 @@ pub struct Row {
     pub busbw_gbps: f64,
     /// Wrong elements over all ranks (`null` without `-c`).
     pub wrong: Option<u64>,
+    /// The cost model's time for this row's algorithm (with the chunk the
+    /// communicator uses) on the group's calibrated network, in µs; `null`
+    /// for send_recv or when the model cannot price it.
+    pub predicted_us: Option<f64>,
     /// Why the row failed (absent when it did not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -131,6 +138,7 @@ pub fn combine(ctx: &RowContext, spec: &RowSpec, results: &[RankResult]) -> Row 
         algbw_gbps: algbw,
         busbw_gbps: algbw * bus_factor(ctx.bench, ctx.nranks),
         wrong: (ctx.check && error.is_none()).then(|| results.iter().map(|r| r.wrong).sum()),
+        predicted_us: spec.predicted.map(|p| p * 1e6),
         error,
     }
 }
@@ -144,14 +152,15 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// The table's header: what was run, how it is timed, the column titles.
-pub fn header(o: &Options, transport: &str) -> String {
+/// The table's header: what was run (over `transport`, the ranks `threads`
+/// of this process or not), how it is timed, the column titles.
+pub fn header(o: &Options, transport: &str, threads: bool) -> String {
     let mut h = String::new();
     let mut line = |s: String| {
         h.push_str(&s);
         h.push('\n');
     };
-    let placement = if transport == "local" {
+    let placement = if threads {
         "as threads of one process"
     } else {
         "in separate processes (rank 0 prints)"
@@ -202,14 +211,28 @@ pub fn header(o: &Options, transport: &str) -> String {
         bus_factor_formula(o.bench)
     ));
     line("#".into());
+    line(
+        "# predicted: the cost model's time for the row's algorithm on the calibrated links".into(),
+    );
+    line("#".into());
     line(format!(
-        "#{:>11}  {:>12}  {:>6}  {:>6}  {:>5}  {:>10}  {:>8}  {:>8}  {:>6}  {}",
-        "size", "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "algorithm"
+        "#{:>11}  {:>12}  {:>6}  {:>6}  {:>5}  {:>10}  {:>10}  {:>8}  {:>8}  {:>6}  {}",
+        "size",
+        "count",
+        "type",
+        "redop",
+        "root",
+        "time",
+        "predicted",
+        "algbw",
+        "busbw",
+        "#wrong",
+        "algorithm"
     ));
     line(
         format!(
-            "#{:>11}  {:>12}  {:>6}  {:>6}  {:>5}  {:>10}  {:>8}  {:>8}  {:>6}",
-            "(B)", "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", ""
+            "#{:>11}  {:>12}  {:>6}  {:>6}  {:>5}  {:>10}  {:>10}  {:>8}  {:>8}  {:>6}",
+            "(B)", "(elements)", "", "", "", "(us)", "(us)", "(GB/s)", "(GB/s)", ""
         )
         .trim_end()
         .to_string(),
@@ -237,8 +260,10 @@ pub fn format_row(row: &Row, mark_auto: bool) -> String {
     match &row.error {
         Some(e) => format!("{prefix}  failed ({algo}{mark}): {e}"),
         None => format!(
-            "{prefix}  {:>10.2}  {:>8.2}  {:>8.2}  {:>6}  {algo}{mark}",
+            "{prefix}  {:>10.2}  {:>10}  {:>8.2}  {:>8.2}  {:>6}  {algo}{mark}",
             row.time_us,
+            row.predicted_us
+                .map_or("-".to_string(), |p| format!("{p:.2}")),
             row.algbw_gbps,
             row.busbw_gbps,
             row.wrong.map_or("N/A".to_string(), |w| w.to_string()),
@@ -319,6 +344,7 @@ mod tests {
             forced: None,
             algorithm: Some(Algorithm::Ring),
             auto_choice: true,
+            predicted: Some(2e-3),
             warmup: 1,
             iters: 3,
         }
@@ -398,7 +424,7 @@ mod tests {
             &[ok(&[1e-6], 0), ok(&[1e-6], 0)],
         );
         let json = serde_json::to_value(&row).unwrap();
-        for key in [
+        let keys = [
             "collective",
             "bytes",
             "count",
@@ -413,9 +439,20 @@ mod tests {
             "algbw_gbps",
             "busbw_gbps",
             "wrong",
-        ] {
-            assert!(json.get(key).is_some(), "{key} missing in {json}");
-        }
+            "predicted_us",
+        ];
+        let got: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = keys.to_vec();
+        want.sort_unstable();
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, want, "exactly these fields");
+        assert_eq!(json["predicted_us"], 2000.0);
         assert!(json.get("error").is_none());
         assert_eq!(json["root"], 1);
         assert!(json["op"].is_null() && json["wrong"].is_null());
@@ -424,7 +461,7 @@ mod tests {
     #[test]
     fn header_names_columns_and_timing() {
         let o = parse(["all_gather", "-a", "all"]).unwrap();
-        let h = header(&o, "local");
+        let h = header(&o, "local", true);
         assert!(h.contains("busbw = algbw * (n-1)/n"), "{h}");
         assert!(h.contains("* = auto's choice"));
         assert!(h.contains("#wrong  algorithm"));

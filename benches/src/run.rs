@@ -1,10 +1,14 @@
-//! Running the rows: one thread per rank over braid's in-process group; the
-//! main thread gathers each rank's samples and reports rows in order as soon
-//! as every rank has finished them.
+//! Running the rows: one thread per rank over braid's in-process group (or a
+//! group of threads connected by TCP or shared memory); the main thread
+//! gathers each rank's samples and reports rows in order as soon as every
+//! rank has finished them. Every group calibrates first (collectively), so
+//! that the rows can name the cost model's choice and prediction.
 
 use std::sync::mpsc;
 use std::time::Instant;
 
+use braid::launch::{LaunchInfo, Launcher};
+use braid::store::MemoryStore;
 use braid::{
     bf16, f16, local_group_with, Algorithm, Collective, Communicator, Config, DType, Element,
     ErrorKind,
@@ -26,6 +30,8 @@ pub struct RowSpec {
     pub algorithm: Option<Algorithm>,
     /// Whether `algorithm` is what automatic choice picks at this size.
     pub auto_choice: bool,
+    /// The cost model's time for `algorithm` at this size, in seconds.
+    pub predicted: Option<f64>,
     /// Untimed calls before the samples.
     pub warmup: usize,
     /// Timed calls (samples).
@@ -59,6 +65,7 @@ pub fn plan_rows(o: &Options, auto: impl Fn(Collective, u64) -> Algorithm) -> Ve
             forced,
             algorithm: forced.or(picked),
             auto_choice: forced.is_none() || forced == picked,
+            predicted: None,
             warmup,
             iters,
         };
@@ -95,23 +102,92 @@ fn group_survives(kind: ErrorKind) -> bool {
     )
 }
 
+/// Fills in each row's prediction from `comm` (calibrated).
+pub fn predict_rows(rows: &mut [RowSpec], o: &Options, comm: &Communicator) {
+    for row in rows {
+        if let (Some(c), Some(a)) = (o.bench.collective(), row.algorithm) {
+            row.predicted = comm.predict(c, a, row.layout.bytes, o.dtype);
+        }
+    }
+}
+
+/// Calibrates `comm` (collectively) and plans the rows with its choices and
+/// predictions; every rank gets the same rows.
+fn calibrated_rows(o: &Options, comm: &mut Communicator) -> braid::Result<Vec<RowSpec>> {
+    comm.calibrate()?;
+    let mut rows = plan_rows(o, |c, bytes| comm.choice(c, bytes, o.dtype).algorithm);
+    predict_rows(&mut rows, o, comm);
+    Ok(rows)
+}
+
 /// Measures every row of `o` in a new in-process group, calling `on_row` for
-/// each finished row in order. Errors only if the group cannot be made.
-pub fn run(o: &Options, config: Config, mut on_row: impl FnMut(&Row)) -> braid::Result<()> {
-    let group = local_group_with(o.ranks, config)?;
-    let rows = plan_rows(o, |c, bytes| group[0].algorithm_for(c, bytes));
+/// each finished row in order. Errors only if the group cannot be made or
+/// calibrated.
+pub fn run(o: &Options, config: Config, on_row: impl FnMut(&Row)) -> braid::Result<()> {
+    run_group(o, local_group_with(o.ranks, config)?, on_row)
+}
+
+/// `n` ranks as threads of this process, connected as `BRAID_TRANSPORT`
+/// says (`auto`, `tcp`, `shm`; the caller sets it) through a store in
+/// memory, as [`Communicator::connect`] connects the ranks of a job.
+pub fn connect_group(n: usize, config: &Config) -> braid::Result<Vec<Communicator>> {
+    let store = MemoryStore::new();
+    let results: Vec<braid::Result<Communicator>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|rank| {
+                let store = &store;
+                s.spawn(move || {
+                    let info = LaunchInfo {
+                        rank,
+                        size: n,
+                        local_rank: rank,
+                        local_size: n,
+                        master_addr: "127.0.0.1".into(),
+                        master_port: 0,
+                        launcher: Launcher::Torchrun,
+                    };
+                    Communicator::connect(&info, store, config.clone())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a connecting rank panicked"))
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+/// Measures every row of `o` over `group` (one communicator per rank, rank
+/// `r` at index `r`), one thread per rank, calling `on_row` for each
+/// finished row in order. Errors only if the group cannot be calibrated.
+pub fn run_group(
+    o: &Options,
+    group: Vec<Communicator>,
+    mut on_row: impl FnMut(&Row),
+) -> braid::Result<()> {
+    let mut o = o.clone();
+    o.ranks = group.len();
+    let o = &o;
     let ctx = RowContext::new(o, group[0].transport_name());
     let (tx, rx) = mpsc::channel::<(usize, usize, RankResult)>();
+    let (rows_tx, rows_rx) = mpsc::channel::<braid::Result<Vec<RowSpec>>>();
     std::thread::scope(|s| {
         for comm in group {
             let tx = tx.clone();
-            let rows = &rows;
+            let rows_tx = (comm.rank() == 0).then(|| rows_tx.clone());
             std::thread::Builder::new()
                 .name(format!("bench-rank-{}", comm.rank()))
-                .spawn_scoped(s, move || rank_main(o.dtype, comm, rows, o, tx))
+                .spawn_scoped(s, move || rank_main(o.dtype, comm, o, rows_tx, tx))
                 .expect("spawning a rank thread");
         }
         drop(tx);
+        drop(rows_tx);
+        let rows = match rows_rx.recv() {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        };
         let mut pending: Vec<Vec<Option<RankResult>>> = vec![vec![None; o.ranks]; rows.len()];
         let mut next = 0;
         for (row, rank, result) in rx {
@@ -125,8 +201,8 @@ pub fn run(o: &Options, config: Config, mut on_row: impl FnMut(&Row)) -> braid::
                 next += 1;
             }
         }
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Measures every row with this process as one rank of a launched job
@@ -140,7 +216,7 @@ pub fn run_distributed(
 ) -> braid::Result<()> {
     let mut o = o.clone();
     o.ranks = comm.size();
-    let rows = plan_rows(&o, |c, bytes| comm.algorithm_for(c, bytes));
+    let rows = calibrated_rows(&o, &mut comm)?;
     let ctx = RowContext::new(&o, comm.transport_name());
     let mut each_row = |comm: &mut Communicator,
                         i: usize,
@@ -202,13 +278,23 @@ pub fn run_distributed(
     Ok(())
 }
 
+/// One rank's thread: calibrates with the others, plans the rows (rank 0
+/// hands them to the main thread through `rows_tx`), then runs them.
 fn rank_main(
     dtype: DType,
-    comm: Communicator,
-    rows: &[RowSpec],
+    mut comm: Communicator,
     o: &Options,
+    rows_tx: Option<mpsc::Sender<braid::Result<Vec<RowSpec>>>>,
     tx: mpsc::Sender<(usize, usize, RankResult)>,
 ) {
+    let rows = calibrated_rows(o, &mut comm);
+    if let Some(rows_tx) = rows_tx {
+        let _ = rows_tx.send(rows.clone());
+    }
+    let Ok(rows) = rows else {
+        return;
+    };
+    let rows = &rows[..];
     match dtype {
         DType::F32 => rank_loop::<f32>(comm, rows, o, tx),
         DType::F64 => rank_loop::<f64>(comm, rows, o, tx),

@@ -21,6 +21,7 @@ use std::time::Instant;
 pub mod local;
 pub mod mixed;
 pub mod settings;
+pub mod shape;
 pub mod shm;
 pub mod tcp;
 
@@ -80,6 +81,14 @@ pub trait Transport: Send {
     fn size(&self) -> usize;
     /// A short name for logs ("local", "tcp", ...).
     fn name(&self) -> &'static str;
+    /// The class of link that reaches `peer` ("local", "shm", "tcp", ...):
+    /// braid calibrates latency and bandwidth per class. The default is
+    /// [`Transport::name`]; transports that route peers over different
+    /// links (the mixed transport) say which one serves `peer`.
+    fn link_kind(&self, peer: usize) -> &'static str {
+        let _ = peer;
+        self.name()
+    }
     /// Where the buffers this transport moves may live.
     fn memory(&self) -> MemoryKind {
         MemoryKind::Host

@@ -135,6 +135,13 @@ impl Transport for MixedTransport {
         "mixed"
     }
 
+    fn link_kind(&self, peer: usize) -> &'static str {
+        match self.route.get(peer).copied().flatten() {
+            Some(i) => self.parts[i].link_kind(peer),
+            None => self.name(),
+        }
+    }
+
     fn memory(&self) -> MemoryKind {
         MemoryKind::Host
     }

@@ -1,0 +1,1186 @@
+//! Calibration: the latency α, bandwidth B and per-message overhead o of
+//! each kind of link a communicator uses, and the reduction and copy costs
+//! γ of this host, which the cost model needs to choose algorithms.
+//!
+//! # What runs, and when
+//! A communicator calibrates once, collectively: at its first call whose
+//! algorithm the model chooses, or when every rank calls
+//! [`crate::Communicator::calibrate`].
+//!
+//! 1. Every rank names the link kind of each peer
+//!    ([`braid_transports::Transport::link_kind`]: `local`, `shm`, `tcp`) and
+//!    the ranks all-gather these rows. Rank 0 adds its decision per kind:
+//!    figures from `BRAID_LINK`, from the cache, the documented defaults
+//!    (`BRAID_CALIBRATE=off`), or "measure".
+//! 2. Every rank times a reduction and a copy of 4 MiB of f32 in 256 KiB
+//!    pieces (γ, copy). Then, for each kind to measure, the ranks pair up
+//!    (greedily in rank order, each with the lowest free rank it reaches by
+//!    that kind) and all pairs measure at once, as all ranks compete in a
+//!    collective: ping-pong of 8-byte messages (α: the best of 4 runs of 4
+//!    round trips, 2 runs on links slower than 1 ms), bursts of 16 one-message steps (o: the best of 3), and
+//!    messages of a size s that takes about 2 ms (1 to 16 MiB) and of s/4
+//!    (B: the slope between their medians of 3, after one untimed).
+//!    α = round trip / 2 − o.
+//! 3. An all-gather hands every rank what every pair measured; each figure
+//!    is the median over the pairs (γ and copy: over the ranks), computed
+//!    alike on every rank, so that every rank prices the same network, bit
+//!    for bit, and makes the same choices. Rank 0 writes what was measured
+//!    to the cache.
+//!
+//! The cache is a text file per host under `$XDG_CACHE_HOME/braid` (else
+//! `~/.cache/braid`), one line per figure, keyed by host identity, build
+//! (debug or release), the transport settings in the environment, link kind
+//! and number of ranks; entries older than 30 days are measured again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use braid_topologies::cost::DEFAULT_BUFFER_BYTES;
+use braid_topologies::{
+    generate, Action, Algorithm, BufferId, Collective, Counts, Hosts, Injection, Link, Network,
+    Plan, PlanOptions, Region, Shape,
+};
+use braid_transports::Transport;
+
+use crate::config::{Calibrate, LinkSpec};
+use crate::dtype::{reduce_into, DType, ReduceOp};
+use crate::executor::{call_code, run_plan, Buffers, Fingerprint, RunOptions};
+use crate::{Config, Error, Result};
+
+/// Link kinds with a code of their own: a transport wrapped by
+/// `BRAID_SHAPE` (`local+shape`, ...) is `shaped`, any other name `other`.
+pub const LINK_KINDS: [&str; 6] = ["local", "shm", "tcp", "cuda", "shaped", "other"];
+const SLOTS: usize = LINK_KINDS.len();
+
+/// The sequence number of calibration messages (never a call's).
+const CALIBRATION_SEQ: u64 = u64::MAX;
+
+/// Cache entries older than this are measured again.
+const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The measuring method: cached figures of another version are measured
+/// again.
+const METHOD: &str = "1";
+/// Lines kept in a cache file (the newest).
+const CACHE_MAX_LINES: usize = 256;
+
+/// Where a figure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Measured by this communicator.
+    Measured,
+    /// Read from the calibration cache.
+    Cached,
+    /// Given by `BRAID_LINK` or [`Config::links`].
+    Override,
+    /// The documented default (`BRAID_CALIBRATE=off`).
+    Default,
+}
+
+impl Source {
+    fn code(self) -> f64 {
+        match self {
+            Source::Override => 1.0,
+            Source::Cached => 2.0,
+            Source::Default => 3.0,
+            Source::Measured => 4.0,
+        }
+    }
+
+    fn from_code(c: f64) -> Option<Source> {
+        Some(match c as u8 {
+            1 => Source::Override,
+            2 => Source::Cached,
+            3 => Source::Default,
+            4 => Source::Measured,
+            _ => return None,
+        })
+    }
+
+    /// A word for logs and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Measured => "measured",
+            Source::Cached => "cached",
+            Source::Override => "BRAID_LINK",
+            Source::Default => "default",
+        }
+    }
+}
+
+/// The figures of one link kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkFigures {
+    /// `local`, `shm`, `tcp`, `cuda`, `shaped` or `other`.
+    pub kind: &'static str,
+    /// Latency α in seconds.
+    pub alpha: f64,
+    /// Bandwidth B in bytes per second.
+    pub bandwidth: f64,
+    /// Per-message overhead o in seconds.
+    pub overhead: f64,
+    /// Where they came from.
+    pub source: Source,
+    /// Ordered pairs of ranks joined by this kind.
+    pub pairs: usize,
+    /// How a rank's messages over this kind share its port: one port at the
+    /// link's bandwidth (a NIC: `tcp`, and any kind given by `BRAID_LINK`),
+    /// at the copy rate (`local`, `shm`: a sender copies into each peer's
+    /// buffer in turn), or none (links shaped one by one by `BRAID_SHAPE`
+    /// without `ports`).
+    pub injection: Injection,
+}
+
+/// How a rank's messages over link kind `kind` share its port (see
+/// [`LinkFigures::injection`]): 0 one port at the link's rate, 1 no
+/// limit, 2 the copy rate.
+fn port_mode(kind: &str) -> f64 {
+    match kind {
+        "local" | "shm" => 2.0,
+        "shaped" => {
+            let ports = std::env::var("BRAID_SHAPE").is_ok_and(|v| v.contains("ports"));
+            if ports {
+                0.0
+            } else {
+                1.0
+            }
+        }
+        _ => 0.0,
+    }
+}
+
+/// What a communicator knows of its links after calibrating; identical on
+/// every rank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibration {
+    /// One entry per link kind the group uses, in [`LINK_KINDS`] order.
+    pub links: Vec<LinkFigures>,
+    /// γ: seconds per byte reduced.
+    pub gamma: f64,
+    /// Seconds per byte copied locally.
+    pub copy: f64,
+    /// Where γ and the copy cost came from.
+    pub reduce_source: Source,
+    /// The network the cost model prices plans on.
+    pub network: Network,
+    /// How long calibrating took on this rank.
+    pub elapsed: Duration,
+}
+
+impl Calibration {
+    /// One line per figure, for logs.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for l in &self.links {
+            let port = match l.injection {
+                Injection::Link => "one port".to_string(),
+                Injection::Unlimited => "no port limit".to_string(),
+                Injection::Limit(r) => format!("port {:.1} GB/s", r / 1e9),
+            };
+            s.push_str(&format!(
+                "{}: alpha {:.2} us, B {:.3} GB/s, o {:.2} us, {port} ({}, {} pairs); ",
+                l.kind,
+                l.alpha * 1e6,
+                l.bandwidth / 1e9,
+                l.overhead * 1e6,
+                l.source.name(),
+                l.pairs
+            ));
+        }
+        s.push_str(&format!(
+            "gamma {:.3} ns/B, copy {:.3} ns/B ({}); calibrated in {:.1} ms",
+            self.gamma * 1e9,
+            self.copy * 1e9,
+            self.reduce_source.name(),
+            self.elapsed.as_secs_f64() * 1e3
+        ));
+        s
+    }
+}
+
+/// The figures used without measuring (`BRAID_CALIBRATE=off`), and the
+/// overhead of a `BRAID_LINK` that gives none: α (s), B (B/s), o (s).
+pub fn default_link(kind: &str) -> (f64, f64, f64) {
+    match kind {
+        "local" => (1e-6, 8e9, 0.2e-6),
+        "shm" => (1e-6, 8e9, 0.2e-6),
+        "cuda" => (10e-6, 20e9, 2e-6),
+        // tcp, shaped, other: a 10 Gbit/s network.
+        _ => (20e-6, 1.25e9, 2e-6),
+    }
+}
+
+/// Default γ and copy cost (seconds per byte): 20 GB/s.
+pub const DEFAULT_GAMMA: f64 = 0.05e-9;
+/// Default copy cost (seconds per byte).
+pub const DEFAULT_COPY: f64 = 0.05e-9;
+
+fn kind_code(name: &str) -> usize {
+    let name = if name.ends_with("+shape") {
+        "shaped"
+    } else {
+        name
+    };
+    LINK_KINDS
+        .iter()
+        .position(|k| *k == name)
+        .unwrap_or(SLOTS - 1)
+}
+
+// ---------------------------------------------------------------------------
+// Host identity and the cache
+// ---------------------------------------------------------------------------
+
+/// This host's identity: `BRAID_HOST_ID` if set, else host name and boot id
+/// (as the transports use it).
+pub fn host_identity() -> String {
+    if let Ok(id) = std::env::var("BRAID_HOST_ID") {
+        if !id.is_empty() {
+            return clean(&format!("id:{id}"));
+        }
+    }
+    clean(&format!("{}/{}", host_name(), boot_id()))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// No tabs, newlines or spaces in a cache field.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
+}
+
+/// The transport settings that change what a link measures.
+fn settings_key() -> String {
+    const VARS: [&str; 8] = [
+        "BRAID_SHAPE",
+        "BRAID_SOCKETS_PER_PEER",
+        "BRAID_SOCKET_BUFFER",
+        "BRAID_SOCKET_IFNAME",
+        "BRAID_SHM_RING",
+        "BRAID_SHM_CMA",
+        "BRAID_SPIN_US",
+        "BRAID_CHUNK_BYTES",
+    ];
+    let set: Vec<String> = VARS
+        .iter()
+        .filter_map(|v| std::env::var(v).ok().map(|x| format!("{v}={x}")))
+        .collect();
+    if set.is_empty() {
+        "-".into()
+    } else {
+        clean(&set.join(";"))
+    }
+}
+
+fn build() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// The cache directory: `dir` if given, else `$XDG_CACHE_HOME/braid`, else
+/// `~/.cache/braid`.
+pub fn cache_dir(dir: Option<&Path>) -> Option<PathBuf> {
+    if let Some(d) = dir {
+        return Some(d.to_path_buf());
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return Some(PathBuf::from(x).join("braid"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache").join("braid"))
+}
+
+/// The cache file of this host in `dir`.
+pub fn cache_file(dir: &Path) -> PathBuf {
+    let host: String = host_name()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    let host = if host.is_empty() { "host".into() } else { host };
+    dir.join(format!("calibration-{host}.tsv"))
+}
+
+/// One line of the cache: a record type and `key=value` fields.
+#[derive(Clone, Debug, PartialEq)]
+struct Entry {
+    record: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Entry {
+    fn parse(line: &str) -> Option<Entry> {
+        let mut parts = line.split('\t');
+        let record = parts.next()?.trim();
+        if record.is_empty() || record.starts_with('#') {
+            return None;
+        }
+        let fields = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Some(Entry {
+            record: record.to_string(),
+            fields,
+        })
+    }
+
+    fn line(&self) -> String {
+        let mut s = self.record.clone();
+        for (k, v) in &self.fields {
+            s.push('\t');
+            s.push_str(k);
+            s.push('=');
+            s.push_str(v);
+        }
+        s
+    }
+
+    fn key(&self) -> Vec<(&str, &str)> {
+        self.fields
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "alpha" | "bandwidth" | "overhead" | "gamma" | "copy" | "at"
+                )
+            })
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    fn number(&self, k: &str) -> Option<f64> {
+        self.fields
+            .get(k)?
+            .parse()
+            .ok()
+            .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+    }
+
+    fn fresh(&self) -> bool {
+        let at: u64 = match self.fields.get("at").and_then(|a| a.parse().ok()) {
+            Some(a) => a,
+            None => return false,
+        };
+        now_secs().saturating_sub(at) <= CACHE_MAX_AGE.as_secs()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn link_key(kind: &str, nranks: usize) -> Entry {
+    let mut fields = BTreeMap::new();
+    fields.insert("host".into(), host_identity());
+    fields.insert("build".into(), build().into());
+    fields.insert("env".into(), settings_key());
+    fields.insert("kind".into(), kind.into());
+    fields.insert("n".into(), nranks.to_string());
+    fields.insert("v".into(), METHOD.into());
+    Entry {
+        record: "link".into(),
+        fields,
+    }
+}
+
+fn reduce_key() -> Entry {
+    let mut fields = BTreeMap::new();
+    fields.insert("host".into(), host_identity());
+    fields.insert("build".into(), build().into());
+    fields.insert("v".into(), METHOD.into());
+    Entry {
+        record: "reduce".into(),
+        fields,
+    }
+}
+
+fn read_cache(path: &Path) -> Vec<Entry> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().filter_map(Entry::parse).collect())
+        .unwrap_or_default()
+}
+
+fn lookup<'a>(entries: &'a [Entry], key: &Entry) -> Option<&'a Entry> {
+    let want = key.key();
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.record == key.record && e.key() == want && e.fresh())
+}
+
+/// Replaces the entries of the same keys and writes the file atomically.
+fn write_cache(path: &Path, new: &[Entry]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut entries: Vec<Entry> = read_cache(path)
+        .into_iter()
+        .filter(|e| {
+            !new.iter()
+                .any(|n| n.record == e.record && n.key() == e.key())
+        })
+        .collect();
+    entries.extend(new.iter().cloned());
+    let skip = entries.len().saturating_sub(CACHE_MAX_LINES);
+    let mut text = String::from(
+        "# braid calibration cache (docs/cost-model.md): one figure per line; \
+         seconds, bytes per second; delete to measure again\n",
+    );
+    for e in &entries[skip..] {
+        text.push_str(&e.line());
+        text.push('\n');
+    }
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Measuring
+// ---------------------------------------------------------------------------
+
+/// Runs hand-made plans between this rank and its peers.
+struct Wire<'a> {
+    transport: &'a mut dyn Transport,
+    rank: usize,
+    size: usize,
+    opts: RunOptions,
+}
+
+impl Wire<'_> {
+    fn fingerprint(&self, call: &str, dtype: DType, count: u64) -> Fingerprint {
+        Fingerprint {
+            call: call_code(call),
+            dtype,
+            op: 0,
+            root: 0,
+            count,
+            seq: CALIBRATION_SEQ,
+        }
+    }
+
+    /// Runs `plan` on u8 buffers; returns the seconds it took.
+    fn run_bytes(&mut self, plan: &Plan, input: &[u8], output: &mut [u8]) -> Result<f64> {
+        let fp = self.fingerprint("send", DType::U8, 0);
+        let start = Instant::now();
+        run_plan(
+            &mut *self.transport,
+            plan,
+            Buffers {
+                input,
+                output,
+                scratch: &mut [],
+            },
+            &fp,
+            &fp,
+            &self.opts,
+        )?;
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// Runs a generated collective plan on f64 buffers.
+    fn collective(
+        &mut self,
+        algorithm: Algorithm,
+        shape: &Shape,
+        input: &[f64],
+        output: &mut [f64],
+    ) -> Result<()> {
+        let plan = generate(algorithm, shape, self.rank, &PlanOptions::default())
+            .map_err(|e| Error::new(crate::ErrorKind::Unsupported, e.to_string()))?;
+        let mut scratch = vec![0f64; plan.scratch_len as usize];
+        let fp = self.fingerprint(shape.collective.name(), DType::F64, shape.largest_buffer());
+        let opts = RunOptions {
+            op: ReduceOp::Max,
+            timeout: self.opts.timeout,
+            chunk_bytes: self.opts.chunk_bytes,
+        };
+        run_plan(
+            &mut *self.transport,
+            &plan,
+            Buffers {
+                input,
+                output,
+                scratch: &mut scratch,
+            },
+            &fp,
+            &fp,
+            &opts,
+        )
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        let shape = Shape::new(Collective::Barrier, self.size, 0, Counts::None);
+        self.collective(Algorithm::Dissemination, &shape, &[], &mut [])
+    }
+}
+
+/// One side of a measured pair.
+struct Pair<'w, 'a> {
+    wire: &'w mut Wire<'a>,
+    peer: usize,
+    initiator: bool,
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+fn send(peer: usize, offset: u64, len: u64) -> Action {
+    Action::Send {
+        peer,
+        src: Region::new(BufferId::Input, offset, len),
+    }
+}
+
+fn recv(peer: usize, offset: u64, len: u64) -> Action {
+    Action::Recv {
+        peer,
+        dst: Region::new(BufferId::Output, offset, len),
+    }
+}
+
+impl Pair<'_, '_> {
+    fn plan(&self, steps: Vec<Vec<Action>>) -> Plan {
+        let mut plan = Plan::new(
+            Collective::AllToAll,
+            Algorithm::Linear,
+            self.wire.rank,
+            self.wire.size,
+        );
+        for s in steps {
+            plan.push_step_keep_empty(s);
+        }
+        plan
+    }
+
+    fn run(&mut self, steps: Vec<Vec<Action>>, bytes: usize) -> Result<f64> {
+        let plan = self.plan(steps);
+        if self.input.len() < bytes {
+            self.input.resize(bytes, 1);
+        }
+        if self.output.len() < bytes {
+            self.output.resize(bytes, 0);
+        }
+        self.wire.run_bytes(&plan, &self.input, &mut self.output)
+    }
+
+    /// `rounds` round trips of 8 bytes; seconds on the initiator.
+    fn pings(&mut self, rounds: usize) -> Result<f64> {
+        let p = self.peer;
+        let mut steps = Vec::new();
+        for _ in 0..rounds {
+            if self.initiator {
+                steps.push(vec![send(p, 0, 8)]);
+                steps.push(vec![recv(p, 0, 8)]);
+            } else {
+                steps.push(vec![recv(p, 0, 8)]);
+                steps.push(vec![send(p, 0, 8)]);
+            }
+        }
+        self.run(steps, 8)
+    }
+
+    /// `k` steps of one 8-byte message (each done when the transport took
+    /// it, so they leave back to back), then an 8-byte reply.
+    fn burst(&mut self, k: u64) -> Result<f64> {
+        let p = self.peer;
+        let mut steps: Vec<Vec<Action>> = if self.initiator {
+            (0..k).map(|_| vec![send(p, 0, 8)]).collect()
+        } else {
+            (0..k).map(|i| vec![recv(p, 8 * i, 8)]).collect()
+        };
+        steps.push(vec![if self.initiator {
+            recv(p, 0, 8)
+        } else {
+            send(p, 0, 8)
+        }]);
+        self.run(steps, 8 * k as usize)
+    }
+
+    /// One message of `bytes`, then an 8-byte reply.
+    fn stream(&mut self, bytes: u64) -> Result<f64> {
+        let p = self.peer;
+        let steps = if self.initiator {
+            vec![vec![send(p, 0, bytes)], vec![recv(p, 0, 8)]]
+        } else {
+            vec![vec![recv(p, 0, bytes)], vec![send(p, 0, 8)]]
+        };
+        self.run(steps, bytes as usize)
+    }
+
+    /// The initiator tells the responder a number.
+    fn tell(&mut self, value: u64) -> Result<u64> {
+        let p = self.peer;
+        if self.initiator {
+            self.input.resize(self.input.len().max(8), 0);
+            self.input[..8].copy_from_slice(&value.to_le_bytes());
+            self.run(vec![vec![send(p, 0, 8)]], 8)?;
+            self.input[..8].fill(1);
+            Ok(value)
+        } else {
+            self.run(vec![vec![recv(p, 0, 8)]], 8)?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&self.output[..8]);
+            Ok(u64::from_le_bytes(b))
+        }
+    }
+
+    /// The whole measurement; figures on the initiator, `None` on the
+    /// responder. Both sides run the same sequence of plans; the one size
+    /// the initiator picks from what it measured travels by [`Pair::tell`].
+    fn measure(&mut self) -> Result<Option<(f64, f64, f64)>> {
+        const BURST: u64 = 16;
+        // Two untimed round trips; on slow links (over 1 ms) half the runs,
+        // to stay within the time budget.
+        let warm = self.pings(2)? / 2.0;
+        let runs = self.tell(if warm > 1e-3 { 2 } else { 4 })?;
+        let mut rtt = f64::INFINITY;
+        for _ in 0..runs {
+            rtt = rtt.min(self.pings(4)? / 4.0);
+        }
+        let mut burst = f64::INFINITY;
+        for _ in 0..3 {
+            burst = burst.min(self.burst(BURST)?);
+        }
+        let overhead = ((burst - rtt) / BURST as f64).max(0.0);
+        // A probe sizes the bandwidth message to about 2 ms (1 to 16 MiB).
+        let probe = 256u64 << 10;
+        let t = self.stream(probe)?;
+        let rough = probe as f64 / (t - rtt).max(t * 0.05);
+        let want = (rough * 2e-3).clamp((1u64 << 20) as f64, (16u64 << 20) as f64) as u64;
+        let bytes = self.tell(want.div_ceil(64 << 10) * (64 << 10))?;
+        // B is the slope between a quarter and the whole message (the
+        // median of 3 each, after an untimed one that touches the pages):
+        // whatever a message pays besides its bytes (latency, a peer that
+        // waits for a core) cancels out.
+        self.stream(bytes)?;
+        let (mut small, mut large) = ([0f64; 3], [0f64; 3]);
+        for i in 0..3 {
+            small[i] = self.stream(bytes / 4)?;
+            large[i] = self.stream(bytes)?;
+        }
+        small.sort_by(f64::total_cmp);
+        large.sort_by(f64::total_cmp);
+        if !self.initiator {
+            return Ok(None);
+        }
+        let (t_small, t_large) = (small[1], large[1]);
+        let slope = (t_large - t_small) / (bytes - bytes / 4) as f64;
+        // Noise can make the slope meaningless: then the whole message
+        // less one round trip.
+        let per_byte = if slope > 0.0 && slope * bytes as f64 > 0.25 * (t_large - rtt) {
+            slope
+        } else {
+            (t_large - rtt).max(t_large * 0.05) / bytes as f64
+        };
+        let bandwidth = (1.0 / per_byte).min(1e13);
+        let alpha = (rtt / 2.0 - overhead).max(rtt * 0.1).max(1e-8);
+        Ok(Some((alpha, bandwidth, overhead)))
+    }
+}
+
+/// γ and the copy cost of this host: the best of two passes over 4 MiB of
+/// f32 (after one that touches the pages), folded in 256 KiB pieces as the
+/// executor folds received pieces.
+fn measure_reduce() -> (f64, f64) {
+    const PIECE: usize = (256 << 10) / 4;
+    let n = (4 << 20) / 4;
+    let src: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut dst = vec![1.0f32; n];
+    let (mut gamma, mut copy) = (f64::INFINITY, f64::INFINITY);
+    for pass in 0..3 {
+        let t = Instant::now();
+        for (d, s) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
+            reduce_into(ReduceOp::Sum, d, s);
+        }
+        let g = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for (d, s) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
+            d.copy_from_slice(s);
+        }
+        std::hint::black_box(&mut dst);
+        let c = t.elapsed().as_secs_f64();
+        // The first pass warms the pages up.
+        if pass > 0 {
+            gamma = gamma.min(g);
+            copy = copy.min(c);
+        }
+    }
+    let bytes = (n * 4) as f64;
+    ((gamma / bytes).max(1e-13), (copy / bytes).max(1e-13))
+}
+
+// ---------------------------------------------------------------------------
+// The collective procedure
+// ---------------------------------------------------------------------------
+
+/// Rank 0's decision for every link kind code and for γ: [source code,
+/// alpha, bandwidth, overhead] per kind (source 0: measure), then
+/// [source, gamma, copy], then the port mode per kind ([`port_mode`]).
+const DECISION: usize = PORTS_AT + SLOTS;
+const PORTS_AT: usize = SLOTS * 4 + 3;
+
+fn decide(config: &Config, nranks: usize) -> Vec<f64> {
+    let mut d = vec![0f64; DECISION];
+    let cache = match config.calibrate {
+        Calibrate::Auto => cache_dir(config.cache_dir.as_deref())
+            .map(|dir| read_cache(&cache_file(&dir)))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    for (code, kind) in LINK_KINDS.iter().enumerate() {
+        let slot = &mut d[code * 4..code * 4 + 4];
+        let (_, _, default_o) = default_link(kind);
+        let given = config.links.get(*kind).or_else(|| config.links.get("*"));
+        if let Some(LinkSpec {
+            alpha,
+            bandwidth,
+            overhead,
+        }) = given
+        {
+            slot.copy_from_slice(&[
+                Source::Override.code(),
+                *alpha,
+                *bandwidth,
+                overhead.unwrap_or(default_o),
+            ]);
+        } else if config.calibrate == Calibrate::Off {
+            let (a, b, o) = default_link(kind);
+            slot.copy_from_slice(&[Source::Default.code(), a, b, o]);
+        } else if let Some(e) = lookup(&cache, &link_key(kind, nranks)) {
+            match (
+                e.number("alpha"),
+                e.number("bandwidth"),
+                e.number("overhead"),
+            ) {
+                (Some(a), Some(b), Some(o)) if b > 0.0 => {
+                    slot.copy_from_slice(&[Source::Cached.code(), a, b, o])
+                }
+                _ => {}
+            }
+        }
+    }
+    for (code, kind) in LINK_KINDS.iter().enumerate() {
+        // BRAID_LINK describes a network link: one port at its rate.
+        d[PORTS_AT + code] = if d[code * 4] == Source::Override.code() {
+            0.0
+        } else {
+            port_mode(kind)
+        };
+    }
+    let r = &mut d[SLOTS * 4..PORTS_AT];
+    if config.calibrate == Calibrate::Off {
+        r.copy_from_slice(&[Source::Default.code(), DEFAULT_GAMMA, DEFAULT_COPY]);
+    } else if let Some(e) = lookup(&cache, &reduce_key()) {
+        if let (Some(g), Some(c)) = (e.number("gamma"), e.number("copy")) {
+            r.copy_from_slice(&[Source::Cached.code(), g, c]);
+        }
+    }
+    d
+}
+
+/// Calibrates rank `rank` of `size` over `transport`; every rank of the
+/// group must call it at the same point of its calls.
+pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Result<Calibration> {
+    let start = Instant::now();
+    let (rank, size) = (transport.rank(), transport.size());
+    // This rank's row of link kinds (self: -1).
+    let row: Vec<f64> = (0..size)
+        .map(|p| {
+            if p == rank {
+                -1.0
+            } else {
+                kind_code(transport.link_kind(p)) as f64
+            }
+        })
+        .collect();
+    let decision = if rank == 0 {
+        decide(config, size)
+    } else {
+        vec![0f64; DECISION]
+    };
+    let mut wire = Wire {
+        transport,
+        rank,
+        size,
+        opts: RunOptions {
+            op: ReduceOp::Sum,
+            timeout: config.timeout,
+            chunk_bytes: config.chunk_bytes,
+        },
+    };
+    let block = size + DECISION;
+    let mut all = vec![0f64; block * size];
+    if size > 1 {
+        let mine: Vec<f64> = row.iter().chain(decision.iter()).copied().collect();
+        let shape = Shape::new(
+            Collective::AllGather,
+            size,
+            0,
+            Counts::Blocks(vec![block as u64; size]),
+        );
+        wire.collective(Algorithm::Bruck, &shape, &mine, &mut all)?;
+    } else {
+        all[..block].copy_from_slice(&row.iter().chain(&decision).copied().collect::<Vec<_>>());
+    }
+    let kinds: Vec<Vec<usize>> = (0..size)
+        .map(|i| {
+            (0..size)
+                .map(|j| {
+                    let c = all[i * block + j];
+                    if c < 0.0 {
+                        usize::MAX
+                    } else {
+                        c as usize
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let decision: Vec<f64> = all[size..size + DECISION].to_vec();
+    let mut pairs = [0usize; SLOTS];
+    for row in &kinds {
+        for &c in row {
+            if c < SLOTS {
+                pairs[c] += 1;
+            }
+        }
+    }
+    // Measure what rank 0 has no figures for, every rank at once (as in a
+    // collective, where all of them compete for the cores and memory).
+    let mut measured = vec![0f64; DECISION];
+    let mut any = false;
+    let gamma_unknown = decision[SLOTS * 4] == 0.0;
+    if gamma_unknown && size > 1 {
+        any = true;
+        let (g, c) = measure_reduce();
+        measured[SLOTS * 4..PORTS_AT].copy_from_slice(&[Source::Measured.code(), g, c]);
+    }
+    for code in 0..SLOTS {
+        if pairs[code] == 0 || decision[code * 4] != 0.0 {
+            continue;
+        }
+        any = true;
+        wire.barrier()?;
+        if let Some((peer, initiator)) = partner(&kinds, code, rank) {
+            let mut pair = Pair {
+                wire: &mut wire,
+                peer,
+                initiator,
+                input: Vec::new(),
+                output: Vec::new(),
+            };
+            if let Some((a, b, o)) = pair.measure()? {
+                measured[code * 4..code * 4 + 4].copy_from_slice(&[
+                    Source::Measured.code(),
+                    a,
+                    b,
+                    o,
+                ]);
+            }
+        }
+    }
+    let mut agreed = vec![0f64; DECISION];
+    if any {
+        let shape = Shape::new(
+            Collective::AllGather,
+            size,
+            0,
+            Counts::Blocks(vec![DECISION as u64; size]),
+        );
+        let mut every = vec![0f64; DECISION * size];
+        wire.collective(Algorithm::Bruck, &shape, &measured, &mut every)?;
+        agreed = medians(&every, size);
+    }
+    // Every rank combines rank 0's decision with what was measured.
+    let mut links = Vec::new();
+    let mut new_entries = Vec::new();
+    for code in 0..SLOTS {
+        if pairs[code] == 0 {
+            continue;
+        }
+        let from = if decision[code * 4] != 0.0 {
+            &decision[code * 4..code * 4 + 4]
+        } else {
+            &agreed[code * 4..code * 4 + 4]
+        };
+        let source = Source::from_code(from[0]).unwrap_or(Source::Default);
+        let (da, db, d_o) = default_link(LINK_KINDS[code]);
+        let ok = from[2] > 0.0 && from[2].is_finite() && from[1].is_finite();
+        let (alpha, bandwidth, overhead) = if ok {
+            (from[1], from[2], from[3])
+        } else {
+            (da, db, d_o)
+        };
+        if source == Source::Measured && ok {
+            let mut e = link_key(LINK_KINDS[code], size);
+            e.fields.insert("alpha".into(), format!("{alpha:e}"));
+            e.fields
+                .insert("bandwidth".into(), format!("{bandwidth:e}"));
+            e.fields.insert("overhead".into(), format!("{overhead:e}"));
+            e.fields.insert("at".into(), now_secs().to_string());
+            new_entries.push(e);
+        }
+        links.push(LinkFigures {
+            kind: LINK_KINDS[code],
+            alpha,
+            bandwidth,
+            overhead,
+            source,
+            pairs: pairs[code],
+            // The copy rate is known below.
+            injection: match decision[PORTS_AT + code] as u8 {
+                1 => Injection::Unlimited,
+                2 => Injection::Limit(0.0),
+                _ => Injection::Link,
+            },
+        });
+    }
+    let r = if decision[SLOTS * 4] != 0.0 {
+        &decision[SLOTS * 4..PORTS_AT]
+    } else {
+        &agreed[SLOTS * 4..PORTS_AT]
+    };
+    let (reduce_source, gamma, copy) = match Source::from_code(r[0]) {
+        Some(s) if r[1] > 0.0 && r[2] > 0.0 => (s, r[1], r[2]),
+        _ => (Source::Default, DEFAULT_GAMMA, DEFAULT_COPY),
+    };
+    if reduce_source == Source::Measured {
+        let mut e = reduce_key();
+        e.fields.insert("gamma".into(), format!("{gamma:e}"));
+        e.fields.insert("copy".into(), format!("{copy:e}"));
+        e.fields.insert("at".into(), now_secs().to_string());
+        new_entries.push(e);
+    }
+    if rank == 0 && !new_entries.is_empty() && config.calibrate != Calibrate::Off {
+        if let Some(dir) = cache_dir(config.cache_dir.as_deref()) {
+            let path = cache_file(&dir);
+            match write_cache(&path, &new_entries) {
+                Ok(()) => tracing::debug!(path = %path.display(), "calibration cached"),
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    "could not write the calibration cache ({e}); the next run measures again"
+                ),
+            }
+        }
+    }
+    for l in &mut links {
+        if let Injection::Limit(_) = l.injection {
+            // Never slower than the link itself.
+            l.injection = Injection::Limit((1.0 / copy).max(l.bandwidth));
+        }
+    }
+    let network = build_network(&kinds, &links, gamma, copy, config.chunk_bytes as u64);
+    Ok(Calibration {
+        links,
+        gamma,
+        copy,
+        reduce_source,
+        network,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The figures every rank agrees on from what each measured (`every`:
+/// `size` blocks of [`DECISION`]): per figure, the median (the upper one
+/// for an even count) over the ranks that measured it: the pairs'
+/// initiators for a link kind, every rank for γ and copy. The same on every
+/// rank, bit for bit.
+fn medians(every: &[f64], size: usize) -> Vec<f64> {
+    let mut agreed = vec![0f64; DECISION];
+    let mut pick = |at: usize, width: usize| {
+        let rows: Vec<&[f64]> = (0..size)
+            .map(|r| &every[r * DECISION + at..r * DECISION + at + width])
+            .filter(|row| row[0] == Source::Measured.code())
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        agreed[at] = Source::Measured.code();
+        for k in 1..width {
+            let mut v: Vec<f64> = rows.iter().map(|row| row[k]).collect();
+            v.sort_by(f64::total_cmp);
+            agreed[at + k] = v[v.len() / 2];
+        }
+    };
+    for code in 0..SLOTS {
+        pick(code * 4, 4);
+    }
+    pick(SLOTS * 4, 3);
+    agreed
+}
+
+/// This rank's partner for measuring link kind `code` and whether it leads:
+/// ranks are paired greedily in rank order, each with the lowest free rank
+/// it reaches by that kind, so that as many pairs as can measure at once.
+fn partner(kinds: &[Vec<usize>], code: usize, rank: usize) -> Option<(usize, bool)> {
+    let n = kinds.len();
+    let mut taken = vec![false; n];
+    for i in 0..n {
+        if taken[i] {
+            continue;
+        }
+        if let Some(j) = (i + 1..n).find(|&j| !taken[j] && kinds[i][j] == code) {
+            taken[i] = true;
+            taken[j] = true;
+            if rank == i {
+                return Some((j, true));
+            }
+            if rank == j {
+                return Some((i, false));
+            }
+        }
+    }
+    None
+}
+
+/// The cost model's network for a group whose rank `i` reaches rank `j` by
+/// link kind `kinds[i][j]` (codes into [`LINK_KINDS`]).
+///
+/// One kind: every pair on it. Several: the slowest kind (`tcp` when
+/// present) joins hosts, the others join the ranks of a host (shared memory);
+/// hosts are the groups of ranks joined by the other kinds. The model's
+/// per-message overhead is the largest of the kinds'.
+fn build_network(
+    kinds: &[Vec<usize>],
+    links: &[LinkFigures],
+    gamma: f64,
+    copy: f64,
+    chunk: u64,
+) -> Network {
+    let link = |l: &LinkFigures| Link::new(l.alpha, l.bandwidth).with_injection(l.injection);
+    let overhead = links.iter().map(|l| l.overhead).fold(0.0, f64::max);
+    let base = |l: Link| Network {
+        inter: l,
+        intra: l,
+        ..Network::uniform(l.alpha, l.bandwidth)
+            .with_gamma(gamma)
+            .with_copy(copy)
+            .with_overhead(overhead)
+            .with_pipeline_bytes(chunk)
+            .with_buffer_bytes(DEFAULT_BUFFER_BYTES)
+    };
+    match links {
+        [] => {
+            let (a, b, _) = default_link("local");
+            base(Link::new(a, b))
+        }
+        [only] => base(link(only)),
+        _ => {
+            let inter = links
+                .iter()
+                .find(|l| l.kind == "tcp")
+                .or_else(|| links.iter().max_by(|x, y| x.alpha.total_cmp(&y.alpha)))
+                .expect("several links");
+            let inter_code = kind_code(inter.kind);
+            let intra = links
+                .iter()
+                .filter(|l| l.kind != inter.kind)
+                .max_by(|x, y| x.pairs.cmp(&y.pairs).then(x.alpha.total_cmp(&y.alpha)))
+                .expect("several links");
+            // Hosts: ranks joined by any kind but the inter-host one.
+            let n = kinds.len();
+            let mut host: Vec<usize> = (0..n).collect();
+            fn root(h: &mut [usize], mut x: usize) -> usize {
+                while h[x] != x {
+                    h[x] = h[h[x]];
+                    x = h[x];
+                }
+                x
+            }
+            for (i, row) in kinds.iter().enumerate() {
+                for (j, &c) in row.iter().enumerate() {
+                    if i != j && c != inter_code {
+                        let (a, b) = (root(&mut host, i), root(&mut host, j));
+                        host[a.max(b)] = a.min(b);
+                    }
+                }
+            }
+            let map: Vec<usize> = (0..n).map(|r| root(&mut host, r)).collect();
+            base(link(inter)).with_hosts(Hosts::Map(map), link(intra))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(kind: &'static str, alpha: f64, pairs: usize) -> LinkFigures {
+        LinkFigures {
+            kind,
+            alpha,
+            bandwidth: 1e9,
+            overhead: 1e-7,
+            source: Source::Default,
+            pairs,
+            injection: Injection::Link,
+        }
+    }
+
+    #[test]
+    fn mixed_kinds_make_hosts() {
+        // Ranks 0, 1 on one host (shm), 2, 3 on another; tcp between.
+        let s = 1;
+        let t = 2;
+        let x = usize::MAX;
+        let kinds = vec![
+            vec![x, s, t, t],
+            vec![s, x, t, t],
+            vec![t, t, x, s],
+            vec![t, t, s, x],
+        ];
+        let links = [figures("shm", 1e-6, 4), figures("tcp", 2e-5, 8)];
+        let net = build_network(&kinds, &links, 1e-10, 1e-10, 1 << 18);
+        assert_eq!(net.hosts, Hosts::Map(vec![0, 0, 2, 2]));
+        assert_eq!(net.inter.alpha, 2e-5);
+        assert_eq!(net.intra.alpha, 1e-6);
+        assert_eq!(net.pipeline_bytes, 1 << 18);
+        let one = build_network(&kinds, &links[..1], 1e-10, 1e-10, 1 << 18);
+        assert_eq!(one.hosts, Hosts::Blocks(1));
+        assert_eq!(one.inter.alpha, 1e-6);
+    }
+
+    #[test]
+    fn cache_lines_round_trip_and_expire() {
+        let mut e = link_key("tcp", 4);
+        e.fields.insert("alpha".into(), "2e-5".into());
+        e.fields.insert("bandwidth".into(), "1.25e9".into());
+        e.fields.insert("overhead".into(), "1e-6".into());
+        e.fields.insert("at".into(), now_secs().to_string());
+        let back = Entry::parse(&e.line()).unwrap();
+        assert_eq!(back, e);
+        assert!(lookup(std::slice::from_ref(&back), &link_key("tcp", 4)).is_some());
+        assert!(lookup(std::slice::from_ref(&back), &link_key("tcp", 5)).is_none());
+        assert!(lookup(std::slice::from_ref(&back), &link_key("shm", 4)).is_none());
+        e.fields.insert("at".into(), "1".into());
+        assert!(lookup(&[e], &link_key("tcp", 4)).is_none(), "expired");
+        assert_eq!(Entry::parse("# comment"), None);
+        assert_eq!(Entry::parse(""), None);
+    }
+}
