@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Summarises validate_model.sh's JSON lines: per (shape, N, collective,
+size) cell, the fastest measured algorithm, the automatic choice and its
+measured and predicted times. Prints the two acceptance figures (auto within
+10% of the fastest in >= 90% of cells; prediction within 1.5x of the measured
+time of the chosen algorithm) and every cell where either fails.
+Usage: validate_model.py OUT.jsonl [--markdown]"""
+import json
+import sys
+from collections import defaultdict
+
+
+def human(b):
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= size:
+            return f"{b // size} {unit}"
+    return f"{b} B"
+
+
+def main():
+    cells = defaultdict(list)
+    for line in open(sys.argv[1]):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        if r.get("time_us") is None or r.get("wrong"):
+            continue
+        key = (r.get("shape", "none"), r["nranks"], r["collective"], r["bytes"])
+        cells[key].append(r)
+    total = within = pred_total = pred_ok = 0
+    bad = []
+    per_shape = defaultdict(lambda: [0, 0, 0, 0])
+    for key in sorted(cells, key=lambda k: (k[0], k[1], k[2], k[3])):
+        rows = cells[key]
+        best = min(rows, key=lambda r: r["time_us"])
+        auto = [r for r in rows if r.get("auto_choice")]
+        if not auto:
+            bad.append((key, "no auto choice measured", best, None))
+            continue
+        a = auto[0]
+        total += 1
+        s = per_shape[key[0]]
+        s[0] += 1
+        ok = a["time_us"] <= 1.10 * best["time_us"]
+        within += ok
+        s[1] += ok
+        p = a.get("predicted_us")
+        pok = None
+        if p:
+            ratio = p / a["time_us"]
+            pok = 1 / 1.5 <= ratio <= 1.5
+            pred_total += 1
+            pred_ok += pok
+            s[2] += 1
+            s[3] += pok
+        if not ok or pok is False:
+            bad.append((key, None, best, a))
+    print(f"cells: {total}; auto within 10% of the fastest: {within} ({100 * within / max(total, 1):.1f}%); "
+          f"prediction within 1.5x of measured: {pred_ok} of {pred_total} ({100 * pred_ok / max(pred_total, 1):.1f}%)")
+    print()
+    print("| shape (α µs, Gbit/s) | cells | auto within 10% | prediction within 1.5× |")
+    print("|---|---|---|---|")
+    for shape, (n, w, pt, po) in sorted(per_shape.items()):
+        print(f"| {shape} | {n} | {w} ({100 * w / max(n, 1):.0f}%) | {po} of {pt} ({100 * po / max(pt, 1):.0f}%) |")
+    print()
+    print("Cells where the automatic choice or the prediction misses:")
+    print()
+    print("| shape | N | collective | size | fastest (µs) | auto choice (µs) | auto / fastest | predicted (µs) | predicted / measured |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, note, best, a in bad:
+        shape, n, c, b = key
+        if a is None:
+            print(f"| {shape} | {n} | {c} | {human(b)} | {best['algorithm']} {best['time_us']:.4g} | {note} | | | |")
+            continue
+        p = a.get("predicted_us")
+        print(f"| {shape} | {n} | {c} | {human(b)} | {best['algorithm']} {best['time_us']:.4g} | "
+              f"{a['algorithm']} {a['time_us']:.4g} | {a['time_us'] / best['time_us']:.2f} | "
+              f"{p:.4g} | {p / a['time_us']:.2f} |" if p else
+              f"| {shape} | {n} | {c} | {human(b)} | {best['algorithm']} {best['time_us']:.4g} | "
+              f"{a['algorithm']} {a['time_us']:.4g} | {a['time_us'] / best['time_us']:.2f} | - | - |")
+
+
+if __name__ == "__main__":
+    main()

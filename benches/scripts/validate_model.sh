@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Validates the cost model and the automatic choice (docs/cost-model.md):
+# for each network shape (BRAID_SHAPE=alpha_us,gbps: user-space shaping of
+# every link) and N, every collective at sizes 8 B to 64 MiB, braid-bench
+# measures every algorithm (-a all) with its auto choice marked and the
+# model's prediction; summarise with benches/scripts/validate_model.py.
+# Usage: benches/scripts/validate_model.sh OUT.jsonl [shapes] [ranks] [sizes]
+#   shapes: space-separated alpha_us,gbps (default "20,10 500,1 2000,2"),
+#           "none" for the plain transport
+#   ranks:  default "4 8"
+#   transport: BENCH_TRANSPORT=local (threads, default) | tcp | shm (processes under braid-run)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:?usage: validate_model.sh OUT.jsonl [shapes] [ranks] [sizes]}
+shapes=${2:-"20,10 500,1 2000,2"}
+ranks=${3:-"4 8"}
+sizes=${4:-8,1K,64K,1M,16M,64M}
+transport=${BENCH_TRANSPORT:-local}
+collectives="all_reduce all_gather broadcast reduce reduce_scatter gather scatter all_to_all"
+cargo build --release -q -p braid -p braid-bench
+bin=${CARGO_TARGET_DIR:-target}/release
+: >"$out"
+echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus; transport $transport; shapes $shapes; ranks $ranks; sizes $sizes" >&2
+for shape in $shapes; do
+  for n in $ranks; do
+    for c in $collectives; do
+      echo "# shape $shape, N=$n, $c" >&2
+      env_shape=()
+      [ "$shape" != none ] && env_shape=(BRAID_SHAPE="$shape")
+      if [ "$transport" = local ]; then
+        cmd=("$bin/braid-bench" "$c" --ranks "$n")
+      else
+        cmd=("$bin/braid-run" -n "$n" --no-prefix -- "$bin/braid-bench" "$c" --transport "$transport")
+      fi
+      # Few calls per row: the slow shapes take seconds per call at 64 MiB.
+      env "${env_shape[@]}" BRAID_TIMEOUT=600 "${cmd[@]}" --sizes "$sizes" -a all -n 5 -w 1 --json \
+        | grep '^{' | sed "s/^{/{\"shape\":\"$shape\",/" >>"$out" || echo "# FAILED: $shape N=$n $c" >&2
+    done
+  done
+done
