@@ -158,6 +158,9 @@ pub fn connect_group(n: usize, config: &Config) -> braid::Result<Vec<Communicato
     results.into_iter().collect()
 }
 
+/// How long a rank thread waits at the common start for the others.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Measures every row of `o` over `group` (one communicator per rank, rank
 /// `r` at index `r`), one thread per rank, calling `on_row` for each
 /// finished row in order. Errors only if the group cannot be calibrated.
@@ -172,13 +175,14 @@ pub fn run_group(
     let ctx = RowContext::new(o, group[0].transport_name());
     let (tx, rx) = mpsc::channel::<(usize, usize, RankResult)>();
     let (rows_tx, rows_rx) = mpsc::channel::<braid::Result<Vec<RowSpec>>>();
+    let start = &StartLine::new(o.ranks, START_TIMEOUT);
     std::thread::scope(|s| {
         for comm in group {
             let tx = tx.clone();
             let rows_tx = (comm.rank() == 0).then(|| rows_tx.clone());
             std::thread::Builder::new()
                 .name(format!("bench-rank-{}", comm.rank()))
-                .spawn_scoped(s, move || rank_main(o.dtype, comm, o, rows_tx, tx))
+                .spawn_scoped(s, move || rank_main(o.dtype, comm, o, start, rows_tx, tx))
                 .expect("spawning a rank thread");
         }
         drop(tx);
@@ -258,7 +262,7 @@ pub fn run_distributed(
     macro_rules! rows_of {
         ($t:ty) => {
             for (i, row) in rows.iter().enumerate() {
-                let result = run_row::<$t>(&mut comm, row, &o);
+                let result = run_row::<$t>(&mut comm, row, &o, None);
                 each_row(&mut comm, i, result)?;
             }
         };
@@ -278,12 +282,76 @@ pub fn run_distributed(
     Ok(())
 }
 
+/// A common start for the rank threads of one process: after the
+/// communicator's barrier (which leaves ranks up to one message latency
+/// apart, as much as α on a shaped link), every thread waits here and all
+/// start the timed call together, so a sample measures the call from one
+/// start to the slowest rank's end, as the cost model prices it. A rank that
+/// leaves the group breaks the line; waits give up after `timeout`.
+pub struct StartLine {
+    state: std::sync::Mutex<(usize, u64, bool)>,
+    turn: std::sync::Condvar,
+    ranks: usize,
+    timeout: std::time::Duration,
+}
+
+impl StartLine {
+    /// A line for `ranks` threads.
+    pub fn new(ranks: usize, timeout: std::time::Duration) -> Self {
+        StartLine {
+            state: std::sync::Mutex::new((0, 0, false)),
+            turn: std::sync::Condvar::new(),
+            ranks,
+            timeout,
+        }
+    }
+
+    /// Waits until every rank has arrived; false if the line broke or the
+    /// wait timed out (the sample then starts at once).
+    pub fn wait(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.2 {
+            return false;
+        }
+        let generation = st.1;
+        st.0 += 1;
+        if st.0 == self.ranks {
+            st.0 = 0;
+            st.1 += 1;
+            self.turn.notify_all();
+            return true;
+        }
+        let deadline = Instant::now() + self.timeout;
+        while st.1 == generation && !st.2 {
+            let now = Instant::now();
+            if now >= deadline {
+                st.2 = true;
+                self.turn.notify_all();
+                return false;
+            }
+            st = match self.turn.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        st.1 != generation
+    }
+
+    /// A rank left the group: nobody waits for it any more.
+    pub fn break_line(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.2 = true;
+        self.turn.notify_all();
+    }
+}
+
 /// One rank's thread: calibrates with the others, plans the rows (rank 0
 /// hands them to the main thread through `rows_tx`), then runs them.
 fn rank_main(
     dtype: DType,
     mut comm: Communicator,
     o: &Options,
+    start: &StartLine,
     rows_tx: Option<mpsc::Sender<braid::Result<Vec<RowSpec>>>>,
     tx: mpsc::Sender<(usize, usize, RankResult)>,
 ) {
@@ -296,16 +364,16 @@ fn rank_main(
     };
     let rows = &rows[..];
     match dtype {
-        DType::F32 => rank_loop::<f32>(comm, rows, o, tx),
-        DType::F64 => rank_loop::<f64>(comm, rows, o, tx),
-        DType::F16 => rank_loop::<f16>(comm, rows, o, tx),
-        DType::BF16 => rank_loop::<bf16>(comm, rows, o, tx),
-        DType::I8 => rank_loop::<i8>(comm, rows, o, tx),
-        DType::U8 => rank_loop::<u8>(comm, rows, o, tx),
-        DType::I32 => rank_loop::<i32>(comm, rows, o, tx),
-        DType::U32 => rank_loop::<u32>(comm, rows, o, tx),
-        DType::I64 => rank_loop::<i64>(comm, rows, o, tx),
-        DType::U64 => rank_loop::<u64>(comm, rows, o, tx),
+        DType::F32 => rank_loop::<f32>(comm, rows, o, start, tx),
+        DType::F64 => rank_loop::<f64>(comm, rows, o, start, tx),
+        DType::F16 => rank_loop::<f16>(comm, rows, o, start, tx),
+        DType::BF16 => rank_loop::<bf16>(comm, rows, o, start, tx),
+        DType::I8 => rank_loop::<i8>(comm, rows, o, start, tx),
+        DType::U8 => rank_loop::<u8>(comm, rows, o, start, tx),
+        DType::I32 => rank_loop::<i32>(comm, rows, o, start, tx),
+        DType::U32 => rank_loop::<u32>(comm, rows, o, start, tx),
+        DType::I64 => rank_loop::<i64>(comm, rows, o, start, tx),
+        DType::U64 => rank_loop::<u64>(comm, rows, o, start, tx),
     }
 }
 
@@ -313,6 +381,7 @@ fn rank_loop<T: Element>(
     comm: Communicator,
     rows: &[RowSpec],
     o: &Options,
+    start: &StartLine,
     tx: mpsc::Sender<(usize, usize, RankResult)>,
 ) {
     let rank = comm.rank();
@@ -325,13 +394,14 @@ fn rank_loop<T: Element>(
                 consequential: true,
                 ..RankResult::default()
             },
-            Some(c) => match run_row::<T>(c, row, o) {
+            Some(c) => match run_row::<T>(c, row, o, Some(start)) {
                 Ok(r) => r,
                 Err(e) => {
                     if !group_survives(e.kind()) {
                         // Leave the group at once: peers see a dead peer
                         // instead of waiting for their deadline.
                         comm = None;
+                        start.break_line();
                         stopped = Some(format!("not run: rank {rank} left the group after: {e}"));
                     }
                     RankResult {
@@ -401,12 +471,14 @@ impl<T: Element> Buffers<T> {
 }
 
 /// Measures one row on this rank: with `-c` one checked call on fresh
-/// buffers, then the warm-up calls, then the samples (each a barrier and one
-/// timed call; barrier itself is timed without a barrier before it).
+/// buffers, then the warm-up calls, then the samples (each a barrier, for
+/// rank threads of one process a common start, and one timed call; barrier
+/// itself is timed without a barrier before it).
 fn run_row<T: Element>(
     comm: &mut Communicator,
     row: &RowSpec,
     o: &Options,
+    start: Option<&StartLine>,
 ) -> braid::Result<RankResult> {
     let (n, rank) = (comm.size(), comm.rank());
     if let (Some(c), Some(a)) = (o.bench.collective(), row.forced) {
@@ -432,6 +504,9 @@ fn run_row<T: Element>(
     for _ in 0..row.iters {
         if barrier_first {
             comm.barrier()?;
+            if let Some(line) = start {
+                line.wait();
+            }
         }
         let t = Instant::now();
         bufs.call(comm, o)?;
