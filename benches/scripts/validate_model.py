@@ -23,7 +23,10 @@ def main():
         line = line.strip()
         if not line.startswith("{"):
             continue
-        r = json.loads(line)
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line still being written
         if r.get("time_us") is None or r.get("wrong"):
             continue
         key = (r.get("shape", "none"), r["nranks"], r["collective"], r["bytes"])

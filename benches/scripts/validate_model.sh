@@ -9,6 +9,7 @@
 #           "none" for the plain transport
 #   ranks:  default "4 8"
 #   transport: BENCH_TRANSPORT=local (threads, default) | tcp | shm (processes under braid-run)
+#   BRAID_BIN: folder of prebuilt braid-bench and braid-run (else cargo builds them)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:?usage: validate_model.sh OUT.jsonl [shapes] [ranks] [sizes]}
@@ -17,8 +18,14 @@ ranks=${3:-"4 8"}
 sizes=${4:-8,1K,64K,1M,16M,64M}
 transport=${BENCH_TRANSPORT:-local}
 collectives="all_reduce all_gather broadcast reduce reduce_scatter gather scatter all_to_all"
-cargo build --release -q -p braid -p braid-bench
-bin=${CARGO_TARGET_DIR:-target}/release
+# BRAID_BIN: a folder with braid-bench and braid-run already built (a
+# machine without cargo); otherwise they are built here.
+if [ -n "${BRAID_BIN:-}" ]; then
+  bin=$BRAID_BIN
+else
+  cargo build --release -q -p braid -p braid-bench
+  bin=${CARGO_TARGET_DIR:-target}/release
+fi
 : >"$out"
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus; transport $transport; shapes $shapes; ranks $ranks; sizes $sizes" >&2
 for shape in $shapes; do

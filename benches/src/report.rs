@@ -204,7 +204,7 @@ pub fn header(o: &Options, transport: &str, threads: bool) -> String {
     if o.bench == Bench::Collective(braid::Collective::Barrier) {
         line("# time: median over samples; a sample is one barrier call, its time the slowest rank's".into());
     } else {
-        line("# time: median over samples; a sample is a barrier (rank threads: then a common start), then one timed call, its time the slowest rank's".into());
+        line("# time: median over samples; a sample is a barrier, a common start (threads: a start line; processes on one host: a moment on the shared clock), then one timed call, its time the slowest rank's".into());
     }
     line(format!(
         "# algbw = size / time; busbw = algbw * {} (nccl-tests); GB/s = 1e9 B/s",

@@ -158,6 +158,38 @@ pub fn connect_group(n: usize, config: &Config) -> braid::Result<Vec<Communicato
     results.into_iter().collect()
 }
 
+/// How the ranks of a sample start the timed call together.
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    /// Rank threads of one process: a [`StartLine`].
+    Line(&'a StartLine),
+    /// Processes on one host: rank 0 names a moment on the shared clock a
+    /// little ahead, every rank spins until it.
+    Clock,
+    /// Ranks on several hosts: the barrier alone.
+    Barrier,
+}
+
+/// Nanoseconds on the host's real-time clock (shared by its processes).
+fn clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// This host's identity, hashed (as braid tells hosts apart).
+fn host_hash() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    read("/proc/sys/kernel/hostname").hash(&mut h);
+    read("/proc/sys/kernel/random/boot_id").hash(&mut h);
+    std::env::var("BRAID_HOST_ID")
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
+}
+
 /// How long a rank thread waits at the common start for the others.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -222,6 +254,16 @@ pub fn run_distributed(
     o.ranks = comm.size();
     let rows = calibrated_rows(&o, &mut comm)?;
     let ctx = RowContext::new(&o, comm.transport_name());
+    // One host (one clock): samples start at a moment rank 0 names.
+    let mine = [host_hash()];
+    let (mut low, mut high) = ([0u64], [0u64]);
+    comm.all_reduce(&mine, &mut low, braid::ReduceOp::Min)?;
+    comm.all_reduce(&mine, &mut high, braid::ReduceOp::Max)?;
+    let start = if low == high {
+        Start::Clock
+    } else {
+        Start::Barrier
+    };
     let mut each_row = |comm: &mut Communicator,
                         i: usize,
                         result: braid::Result<RankResult>|
@@ -262,7 +304,7 @@ pub fn run_distributed(
     macro_rules! rows_of {
         ($t:ty) => {
             for (i, row) in rows.iter().enumerate() {
-                let result = run_row::<$t>(&mut comm, row, &o, None);
+                let result = run_row::<$t>(&mut comm, row, &o, start);
                 each_row(&mut comm, i, result)?;
             }
         };
@@ -394,7 +436,7 @@ fn rank_loop<T: Element>(
                 consequential: true,
                 ..RankResult::default()
             },
-            Some(c) => match run_row::<T>(c, row, o, Some(start)) {
+            Some(c) => match run_row::<T>(c, row, o, Start::Line(start)) {
                 Ok(r) => r,
                 Err(e) => {
                     if !group_survives(e.kind()) {
@@ -471,14 +513,14 @@ impl<T: Element> Buffers<T> {
 }
 
 /// Measures one row on this rank: with `-c` one checked call on fresh
-/// buffers, then the warm-up calls, then the samples (each a barrier, for
-/// rank threads of one process a common start, and one timed call; barrier
-/// itself is timed without a barrier before it).
+/// buffers, then the warm-up calls, then the samples (each a barrier, a
+/// common start as `start` says, and one timed call; barrier itself is
+/// timed without a barrier before it).
 fn run_row<T: Element>(
     comm: &mut Communicator,
     row: &RowSpec,
     o: &Options,
-    start: Option<&StartLine>,
+    start: Start<'_>,
 ) -> braid::Result<RankResult> {
     let (n, rank) = (comm.size(), comm.rank());
     if let (Some(c), Some(a)) = (o.bench.collective(), row.forced) {
@@ -503,9 +545,24 @@ fn run_row<T: Element>(
     result.samples.reserve(row.iters);
     for _ in 0..row.iters {
         if barrier_first {
+            let barrier_began = Instant::now();
             comm.barrier()?;
-            if let Some(line) = start {
-                line.wait();
+            match start {
+                Start::Line(line) => {
+                    line.wait();
+                }
+                Start::Clock => {
+                    // Far enough ahead that the broadcast has reached every
+                    // rank: four barriers' time and 100 µs.
+                    let ahead = 100_000 + 4 * barrier_began.elapsed().as_nanos() as u64;
+                    let mut at = [clock_ns() + ahead];
+                    comm.broadcast(&mut at, 0)?;
+                    let give_up = Instant::now() + std::time::Duration::from_secs(1);
+                    while clock_ns() < at[0] && Instant::now() < give_up {
+                        std::hint::spin_loop();
+                    }
+                }
+                Start::Barrier => {}
             }
         }
         let t = Instant::now();
