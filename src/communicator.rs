@@ -793,17 +793,9 @@ impl Communicator {
         let cal = match &self.calibration {
             Some(cal) => cal,
             None => {
-                return Choice {
-                    algorithm: forced
-                        .unwrap_or_else(|| select::choose(collective, bytes, self.size)),
-                    chunk_bytes: None,
-                    predicted: None,
-                    by: if forced.is_some() {
-                        ChosenBy::Forced
-                    } else {
-                        ChosenBy::Rule
-                    },
-                }
+                return Choice::without_model(forced, || {
+                    select::choose(collective, bytes, self.size)
+                })
             }
         };
         if let Some(a) = forced {
@@ -840,16 +832,7 @@ impl Communicator {
         if let Counts::Matrix { partial: true, .. } = shape.counts {
             // all_to_all_v: each rank knows only its row and column, so the
             // ranks share no size to choose by.
-            return Ok(Choice {
-                algorithm: forced.unwrap_or(Algorithm::Pairwise),
-                chunk_bytes: None,
-                predicted: None,
-                by: if forced.is_some() {
-                    ChosenBy::Forced
-                } else {
-                    ChosenBy::Rule
-                },
-            });
+            return Ok(Choice::without_model(forced, || Algorithm::Pairwise));
         }
         if forced.is_none() {
             self.ensure_calibrated()?;

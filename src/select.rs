@@ -151,6 +151,26 @@ pub struct Choice {
     pub by: ChosenBy,
 }
 
+impl Choice {
+    /// `forced` if given, else `rule`, with no chunk and no prediction:
+    /// what a call takes when the model is not asked (or cannot answer).
+    pub(crate) fn without_model(
+        forced: Option<Algorithm>,
+        rule: impl FnOnce() -> Algorithm,
+    ) -> Choice {
+        Choice {
+            algorithm: forced.unwrap_or_else(rule),
+            chunk_bytes: None,
+            predicted: None,
+            by: if forced.is_some() {
+                ChosenBy::Forced
+            } else {
+                ChosenBy::Rule
+            },
+        }
+    }
+}
+
 /// The model's choice for `collective` at `bytes` (priced at its
 /// [`bucket`]) over `nranks` ranks of `elem_bytes`-byte elements on `net`:
 /// the cheapest algorithm, or the best chunk of `forced`. `pinned` fixes
@@ -235,16 +255,7 @@ pub(crate) fn remembered_choice(
     let choice = match model_choice(net, collective, bytes, nranks, elem_bytes, forced, pinned) {
         Ok(c) => c,
         Err(e) => {
-            let fallback = Choice {
-                algorithm: forced.unwrap_or_else(|| choose(collective, bytes, nranks)),
-                chunk_bytes: None,
-                predicted: None,
-                by: if forced.is_some() {
-                    ChosenBy::Forced
-                } else {
-                    ChosenBy::Rule
-                },
-            };
+            let fallback = Choice::without_model(forced, || choose(collective, bytes, nranks));
             tracing::warn!(
                 %collective,
                 bytes = bucket(bytes),
