@@ -265,8 +265,83 @@ impl fmt::Display for ArgError {
     }
 }
 
-fn usage(msg: impl Into<String>) -> ArgError {
+/// A usage error saying `msg`.
+pub fn usage(msg: impl Into<String>) -> ArgError {
     ArgError::Usage(msg.into())
+}
+
+impl ArgError {
+    /// What a program does with this error: `-h` prints `usage_text` and
+    /// exits 0; a bad argument prints the message and `usage_text` to
+    /// stderr and exits 2.
+    pub fn exit(self, program: &str, usage_text: &str) -> std::process::ExitCode {
+        match self {
+            ArgError::Help => {
+                print!("{usage_text}");
+                std::process::ExitCode::SUCCESS
+            }
+            ArgError::Usage(msg) => {
+                eprintln!("{program}: {msg}\n\n{usage_text}");
+                std::process::ExitCode::from(2)
+            }
+        }
+    }
+}
+
+/// Walks the arguments flag by flag, taking `--flag=value` and
+/// `--flag value` alike.
+pub struct Flags {
+    args: Vec<String>,
+    next: usize,
+}
+
+impl Flags {
+    /// The arguments after the program name.
+    pub fn new<I, S>(args: I) -> Flags
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Flags {
+            args: args.into_iter().map(|a| a.as_ref().to_string()).collect(),
+            next: 0,
+        }
+    }
+
+    /// The next argument and the value written into it (`--flag=value`);
+    /// `None` at the end. `switches` take no value: one written in is an
+    /// error.
+    pub fn next_flag(
+        &mut self,
+        switches: &[&str],
+    ) -> Result<Option<(String, Option<String>)>, ArgError> {
+        let Some(arg) = self.args.get(self.next).cloned() else {
+            return Ok(None);
+        };
+        self.next += 1;
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        if inline.is_some() && switches.contains(&flag.as_str()) {
+            return Err(usage(format!("{flag} takes no value")));
+        }
+        Ok(Some((flag, inline)))
+    }
+
+    /// The value of `flag`: the one written in, else the next argument.
+    pub fn value(&mut self, flag: &str, inline: &mut Option<String>) -> Result<String, ArgError> {
+        if let Some(v) = inline.take() {
+            return Ok(v);
+        }
+        let v = self
+            .args
+            .get(self.next)
+            .cloned()
+            .ok_or_else(|| usage(format!("{flag} needs a value")))?;
+        self.next += 1;
+        Ok(v)
+    }
 }
 
 fn number<T: FromStr>(flag: &str, v: &str) -> Result<T, ArgError> {
@@ -289,33 +364,15 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string()).collect();
+    let mut flags = Flags::new(args);
     let mut bench: Option<Bench> = None;
     let mut o = Options::new(Bench::SendRecv);
     let mut algo: Option<String> = None;
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].as_str();
-        i += 1;
-        // `--flag=value` as well as `--flag value`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg, None),
-        };
-        let takes_value = !matches!(flag, "-c" | "--check" | "--json" | "-h" | "--help");
-        if !takes_value && inline.is_some() {
-            return Err(usage(format!("{flag} takes no value")));
-        }
-        let mut value = || -> Result<String, ArgError> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            let v = args
-                .get(i)
-                .ok_or_else(|| usage(format!("{flag} needs a value")))?;
-            i += 1;
-            Ok(v.clone())
-        };
+    while let Some((flag, mut inline)) =
+        flags.next_flag(&["-c", "--check", "--json", "-h", "--help"])?
+    {
+        let flag = flag.as_str();
+        let mut value = || flags.value(flag, &mut inline);
         match flag {
             "-h" | "--help" => return Err(ArgError::Help),
             "-c" | "--check" => o.check = true,

@@ -4,21 +4,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use braid_bench::args::{parse, AlgoChoice, ArgError, TransportChoice, USAGE};
+use braid_bench::args::{parse, AlgoChoice, TransportChoice, USAGE};
 use braid_bench::report::{format_row, header, Summary};
 use braid_bench::run::{connect_group, run, run_distributed, run_group};
 
 fn main() -> ExitCode {
     let o = match parse(std::env::args().skip(1)) {
         Ok(o) => o,
-        Err(ArgError::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(ArgError::Usage(msg)) => {
-            eprintln!("braid-bench: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return e.exit("braid-bench", USAGE),
     };
     let config = match braid::Config::from_env() {
         Ok(c) => c,

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use braid::{parse_size, DType};
+use braid_bench::args::{usage, ArgError, Flags};
 use braid_topologies::cost::DEFAULT_PIPELINE_BYTES;
 use braid_topologies::{
     tune, Candidate, Collective, CostError, Estimate, Hosts, Injection, Link, Network, TuneOptions,
@@ -86,17 +87,6 @@ struct Options {
     flags: String,
 }
 
-/// Why no [`Options`] came out of the command line.
-#[derive(Clone, Debug, PartialEq)]
-enum ArgError {
-    Help,
-    Usage(String),
-}
-
-fn usage(msg: impl Into<String>) -> ArgError {
-    ArgError::Usage(msg.into())
-}
-
 fn float(flag: &str, v: &str, positive: bool) -> Result<f64, ArgError> {
     let x: f64 = v
         .trim()
@@ -168,7 +158,6 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string()).collect();
     let (mut alpha, mut bw, mut gamma, mut copy, mut overhead) = (20.0, 10.0, 0.05, 0.05, 1.0);
     let mut injection = Injection::Link;
     let mut buffer = 4u64 << 20;
@@ -180,31 +169,12 @@ where
     let mut tune = TuneOptions::default();
     let (mut all, mut format) = (false, Format::Table);
     let mut collectives = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].as_str();
-        i += 1;
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg, None),
-        };
-        let switch = matches!(
-            flag,
-            "--all" | "--fast" | "--json" | "--markdown" | "-h" | "--help"
-        );
-        if switch && inline.is_some() {
-            return Err(usage(format!("{flag} takes no value")));
-        }
-        let mut value = || -> Result<String, ArgError> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            let v = args
-                .get(i)
-                .ok_or_else(|| usage(format!("{flag} needs a value")))?;
-            i += 1;
-            Ok(v.clone())
-        };
+    let mut flags = Flags::new(args);
+    while let Some((flag, mut inline)) =
+        flags.next_flag(&["--all", "--fast", "--json", "--markdown", "-h", "--help"])?
+    {
+        let flag = flag.as_str();
+        let mut value = || flags.value(flag, &mut inline);
         match flag {
             "-h" | "--help" => return Err(ArgError::Help),
             "--all" => {
@@ -425,14 +395,7 @@ fn header(o: &Options) -> String {
 fn main() -> ExitCode {
     let o = match parse(std::env::args().skip(1)) {
         Ok(o) => o,
-        Err(ArgError::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(ArgError::Usage(msg)) => {
-            eprintln!("braid-sim: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return e.exit("braid-sim", USAGE),
     };
     let elem = o.dtype.size() as u64;
     let mut out = std::io::stdout().lock();
