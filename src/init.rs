@@ -258,9 +258,14 @@ impl Communicator {
 
         let choice = transport_choice().map_err(at)?;
         let everyone: Vec<usize> = (0..size).filter(|&p| p != rank).collect();
+        let (same_host, other_hosts) = split_by_host(rank, size, store, deadline).map_err(at)?;
+        // Ranks that outnumber this host's CPUs: TCP yields while spinning
+        // (shared memory decides the same for itself).
+        let mut options = options;
+        options.yield_while_spinning = same_host.len() + 1 > shm::online_cpus();
         let (here, elsewhere) = match choice {
             Choice::Tcp => (Vec::new(), everyone),
-            _ => split_by_host(rank, size, store, deadline).map_err(at)?,
+            _ => (same_host, other_hosts),
         };
         if choice == Choice::Shm && !elsewhere.is_empty() {
             return Err(at(Error::config(format!(

@@ -153,6 +153,11 @@ fn valid_ring(bytes: usize) -> bool {
     bytes.is_power_of_two() && (MIN_RING_BYTES..=MAX_RING_BYTES).contains(&bytes)
 }
 
+/// CPUs online on this host (at least 1), whatever this process's affinity.
+pub fn online_cpus() -> usize {
+    raw::online_cpus()
+}
+
 /// The name of ring `src → dst` of job `job_id`.
 pub fn ring_name(job_id: u64, src: usize, dst: usize) -> String {
     format!("/braid-{job_id:016x}-{src}-{dst}")
@@ -523,7 +528,7 @@ pub fn connect(
 
     // 3. Unlink every name once its other end has attached. From here on an
     // error drops `t`, which marks every ring closed for the peers.
-    let oversubscribed = peers.len() >= raw::online_cpus();
+    let oversubscribed = peers.len() >= online_cpus();
     let t = ShmTransport {
         rank,
         size,

@@ -528,6 +528,7 @@ impl TcpListenerSet {
             "tcp: connected to every TCP peer"
         );
         TcpTransport::new(rank, size, k, poll, streams, opts.spin)
+            .map(|t| t.yielding(opts.yield_while_spinning))
     }
 }
 

@@ -171,6 +171,8 @@ pub struct TcpTransport {
     poll: Poll,
     events: Events,
     spin: Spin,
+    /// Yield between spinning looks (ranks outnumber cores).
+    yield_while_spinning: bool,
     /// Indexed by rank; `None` for this rank.
     peers: Vec<Option<Peer>>,
     scratch: Scratch,
@@ -430,12 +432,19 @@ impl TcpTransport {
             poll,
             events: Events::with_capacity(256),
             spin: Spin::new(spin),
+            yield_while_spinning: false,
             peers,
             scratch: Scratch {
                 element: Vec::new(),
                 offsets: vec![0; k],
             },
         })
+    }
+
+    /// This transport, yielding the core between spinning looks when `on`.
+    pub(crate) fn yielding(mut self, on: bool) -> Self {
+        self.yield_while_spinning = on;
+        self
     }
 
     /// Sockets each peer's stream is striped over.
@@ -719,7 +728,11 @@ impl Transport for TcpTransport {
                 if !self.events.is_empty() || Instant::now() >= spin_end {
                     break;
                 }
-                std::hint::spin_loop();
+                if self.yield_while_spinning {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
             let hit = !self.events.is_empty();
             self.spin.learn(hit);
