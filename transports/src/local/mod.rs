@@ -59,6 +59,9 @@ struct Shared {
     alive: Vec<AtomicBool>,
 }
 
+/// The longest a wait spins (and yields) before it sleeps on the condvar.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 impl Shared {
     fn channel(&self, src: usize, dst: usize) -> MutexGuard<'_, Channel> {
         lock(&self.channels[src * self.nranks + dst])
@@ -226,9 +229,16 @@ impl Transport for LocalEndpoint {
         let bell = &self.shared.bells[self.rank];
         let changed = |seen: u64| bell.generation.load(Ordering::SeqCst) != seen;
         // Spin a little: a peer thread on another core usually answers within
-        // microseconds, far sooner than a sleep and wake-up.
+        // microseconds, far sooner than a sleep and wake-up. Bounded by time
+        // as well as by count: on a loaded machine each yield can give the
+        // core away for a whole time slice, and a hundred of them once made
+        // waits end 50-140 ms past their deadline.
+        let spin_until = (Instant::now() + SPIN).min(deadline);
         for i in 0..200u32 {
             if changed(self.seen_generation) {
+                break;
+            }
+            if i % 8 == 7 && Instant::now() >= spin_until {
                 break;
             }
             if i < 100 {
