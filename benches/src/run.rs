@@ -575,6 +575,33 @@ fn run_row<T: Element>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_line_lets_everyone_go_together_or_gives_up() {
+        use std::time::Duration;
+        // Three threads, two rounds: every wait returns true.
+        let line = StartLine::new(3, Duration::from_secs(20));
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| (0..2).all(|_| line.wait())))
+                .collect();
+            assert!(hs.into_iter().all(|h| h.join().unwrap()));
+        });
+        // A rank that leaves releases the waiting one, and the line stays broken.
+        let line = StartLine::new(2, Duration::from_secs(20));
+        std::thread::scope(|s| {
+            let h = s.spawn(|| line.wait());
+            std::thread::sleep(Duration::from_millis(20));
+            line.break_line();
+            assert!(!h.join().unwrap());
+        });
+        assert!(!line.wait());
+        // Nobody else comes: the wait gives up at its timeout.
+        let line = StartLine::new(2, Duration::from_millis(50));
+        let t = Instant::now();
+        assert!(!line.wait());
+        assert!(t.elapsed() >= Duration::from_millis(50));
+    }
     use crate::args::parse;
 
     fn auto(c: Collective, bytes: u64) -> Algorithm {
