@@ -801,12 +801,7 @@ impl Communicator {
         if let Some(a) = forced {
             if !(self.config.tune_chunk && pipelines(a, collective)) {
                 // Nothing to choose: skip pricing.
-                return Choice {
-                    algorithm: a,
-                    chunk_bytes: None,
-                    predicted: None,
-                    by: ChosenBy::Forced,
-                };
+                return Choice::without_model(forced, || a);
             }
         }
         select::remembered_choice(
@@ -874,12 +869,9 @@ impl Communicator {
                 // Priced on an even shape of the bucket; this call's own
                 // shape may not suit it.
                 let bytes = shape.largest_buffer().saturating_mul(elem_size as u64);
-                let fallback = Choice {
-                    algorithm: select::choose(shape.collective, bytes, self.size),
-                    chunk_bytes: None,
-                    predicted: None,
-                    by: ChosenBy::Rule,
-                };
+                let fallback = Choice::without_model(None, || {
+                    select::choose(shape.collective, bytes, self.size)
+                });
                 tracing::warn!(rank = self.rank, call, "{e}; using {}", fallback.algorithm);
                 self.plan_of(call, shape, elem_size, &fallback)?
             }
