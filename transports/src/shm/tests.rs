@@ -136,6 +136,37 @@ fn pump(ep: &mut ShmTransport, outs: &mut [Out], ins: &mut [In], deadline: Insta
     }
 }
 
+/// Rank 0 (`a`, from a thread of its own) streams `total` pattern bytes to
+/// rank 1 (`b`), which takes `pre` bytes one at a time, then elements of
+/// `granule` bytes, checking every byte; returns `a` once done.
+fn one_way(
+    mut a: ShmTransport,
+    b: &mut ShmTransport,
+    total: usize,
+    pre: usize,
+    granule: usize,
+) -> ShmTransport {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let t = std::thread::spawn(move || {
+        let mut outs = [Out {
+            peer: 1,
+            data: pattern(0, 1, total),
+            sent: 0,
+        }];
+        pump(&mut a, &mut outs, &mut [], deadline);
+        a
+    });
+    let mut ins = [In {
+        peer: 0,
+        expect: pattern(0, 1, total),
+        got: 0,
+        pre,
+        granule,
+    }];
+    pump(b, &mut [], &mut ins, deadline);
+    t.join().unwrap()
+}
+
 /// Every pair of `n` ranks streams `len`-ish bytes both ways at once.
 fn all_pairs(n: usize, len: usize, ring: usize) {
     all_pairs_with(n, len, &small(ring));
@@ -224,36 +255,8 @@ fn large_elements_straddle_the_wrap_point() {
     let job_id = job();
     let mut eps = group(2, job_id, &small(4096));
     let mut b = eps.pop().unwrap();
-    let mut a = eps.pop().unwrap();
-    let total = 5 + 384 * 100;
-    let t = std::thread::spawn(move || {
-        let mut outs = [Out {
-            peer: 1,
-            data: pattern(0, 1, total),
-            sent: 0,
-        }];
-        pump(
-            &mut a,
-            &mut outs,
-            &mut [],
-            Instant::now() + Duration::from_secs(30),
-        );
-        a
-    });
-    let mut ins = [In {
-        peer: 0,
-        expect: pattern(0, 1, total),
-        got: 0,
-        pre: 5,
-        granule: 384,
-    }];
-    pump(
-        &mut b,
-        &mut [],
-        &mut ins,
-        Instant::now() + Duration::from_secs(30),
-    );
-    drop(t.join().unwrap());
+    let a = eps.pop().unwrap();
+    drop(one_way(a, &mut b, 5 + 384 * 100, 5, 384));
     // An element larger than the ring can never be lent.
     assert!(matches!(
         b.recv(0, 1 << 20, 8192, &mut |_| {}),
@@ -381,36 +384,8 @@ fn a_stale_segment_of_an_earlier_job_does_not_break_a_new_one() {
     let mut eps = group(2, job_id, &small(8192));
     assert!(leftovers(job_id).is_empty(), "{:?}", leftovers(job_id));
     let mut b = eps.pop().unwrap();
-    let mut a = eps.pop().unwrap();
-    let data = pattern(0, 1, 100_001);
-    let t = std::thread::spawn(move || {
-        let mut outs = [Out {
-            peer: 1,
-            data: pattern(0, 1, 100_001),
-            sent: 0,
-        }];
-        pump(
-            &mut a,
-            &mut outs,
-            &mut [],
-            Instant::now() + Duration::from_secs(30),
-        );
-        a
-    });
-    let mut ins = [In {
-        peer: 0,
-        expect: data,
-        got: 0,
-        pre: 1,
-        granule: 4,
-    }];
-    pump(
-        &mut b,
-        &mut [],
-        &mut ins,
-        Instant::now() + Duration::from_secs(30),
-    );
-    drop(t.join().unwrap());
+    let a = eps.pop().unwrap();
+    drop(one_way(a, &mut b, 100_001, 1, 4));
 }
 
 #[test]
