@@ -54,8 +54,14 @@
 //! and `h = o + s / port rate`:
 //! * holds the sender's injection port for `h`, and the receiver's ejection
 //!   port for `h` from when that port is free (not before t);
-//! * has left the sender at `t + o + w`; is taken by the receiver's port
-//!   (`absorbed`) then, or when the receiver's port is done with it;
+//! * has left the sender at `t + o + w`, or, between two ranks of the same
+//!   host when [`Network::host_bandwidth`] C is finite, when its bytes
+//!   have passed the host bus: the bus is one resource per host, held by
+//!   each such message for `s / C` from `t + o` or when it is free (first
+//!   come, first served), so that k concurrent transfers of s bytes on one
+//!   host take `max(s / B, k·s / C)` however many ports there are;
+//! * is taken by the receiver's port (`absorbed`) then, or when the
+//!   receiver's port is done with it;
 //! * the sender's side is done when it is absorbed (the transport took the
 //!   bytes, held back only by a receiver that takes bytes slower);
 //! * lands at the receiver α after it is absorbed. A `Recv` is done then
@@ -79,13 +85,16 @@
 //! reduction, copy and contention.
 //!
 //! # Limits
-//! No congestion inside the network (only at the ranks' ports), no routing
+//! No congestion inside the network (only at the ranks' ports and the host
+//! bus), no routing
 //! or switch topology, no per-piece costs, ports shared first come first
 //! served rather than fairly (a port faster than its links is reserved for
 //! `s/port rate` per message, which staggers concurrent messages), buffers
 //! freed only when the receiver posts, and the CPU cost of moving a
-//! transport's bytes is in α, B and o (only the plan's `Copy` actions pay
-//! [`Network::copy`]).
+//! transport's bytes is in α, B, o and the host bus (only the plan's `Copy`
+//! actions pay [`Network::copy`]). Reductions and local copies do not use
+//! the host bus: charged at full weight they priced braid's measured shared
+//! memory reduce-scatter 2–3× too slow (docs/cost-model.md).
 //!
 //! # Cost of pricing
 //! Plans are compacted as they are generated, one rank at a time, on every
@@ -203,6 +212,13 @@ pub struct Network {
     /// it, before the receiver reaches its step; 0: rendezvous for every
     /// message.
     pub buffer_bytes: u64,
+    /// Bytes per second of messages one host moves between its own ranks,
+    /// all of them together (the host bus: its memory bandwidth for shared
+    /// memory, its kernel and cores for loopback TCP). Every message
+    /// between two ranks of the same host holds it for `s / host_bandwidth`
+    /// from when it is free, first come first served, and has not left its
+    /// sender before then. Infinite (the default): no such limit.
+    pub host_bandwidth: f64,
 }
 
 impl Network {
@@ -220,6 +236,16 @@ impl Network {
             overhead: 0.0,
             pipeline_bytes: DEFAULT_PIPELINE_BYTES,
             buffer_bytes: DEFAULT_BUFFER_BYTES,
+            host_bandwidth: f64::INFINITY,
+        }
+    }
+
+    /// The same network with a host bus of `bytes_per_second` shared by
+    /// the ranks of each host ([`Network::host_bandwidth`]; infinite: none).
+    pub fn with_host_bandwidth(self, bytes_per_second: f64) -> Network {
+        Network {
+            host_bandwidth: bytes_per_second,
+            ..self
         }
     }
 
@@ -319,6 +345,12 @@ impl Network {
                     ));
                 }
             }
+        }
+        if self.host_bandwidth.is_nan() || self.host_bandwidth <= 0.0 {
+            return bad(format!(
+                "host bandwidth must be > 0 bytes/s (infinite: no limit), got {}",
+                self.host_bandwidth
+            ));
         }
         for (name, v) in [
             ("gamma", self.gamma),
@@ -932,6 +964,11 @@ struct Engine<'a> {
     inj_free: Vec<f64>,
     ej_free: Vec<f64>,
     cpu_free: Vec<f64>,
+    /// The host bus: bytes per second (infinite: none), each rank's host
+    /// (dense index) and when each host's bus is next free.
+    bus: f64,
+    host: Vec<u32>,
+    bus_free: Vec<f64>,
     /// Per receiver, buffered messages in arrival order.
     early: Vec<Vec<Early>>,
     heap: RadixHeap,
@@ -963,6 +1000,19 @@ impl<'a> Engine<'a> {
         st.resize_with(n, RankState::default);
         let mut early = Vec::with_capacity(n);
         early.resize_with(n, Vec::new);
+        let bus = net.host_bandwidth;
+        let mut host = Vec::new();
+        let mut hosts = 0usize;
+        if bus.is_finite() {
+            let mut dense: HashMap<usize, u32> = HashMap::new();
+            host = (0..n)
+                .map(|r| {
+                    let next = dense.len() as u32;
+                    *dense.entry(net.host_of(r)).or_insert(next)
+                })
+                .collect();
+            hosts = dense.len();
+        }
         Engine {
             book,
             plans,
@@ -978,6 +1028,9 @@ impl<'a> Engine<'a> {
             inj_free: vec![0.0; 2 * n],
             ej_free: vec![0.0; 2 * n],
             cpu_free: vec![0.0; n],
+            bus,
+            host,
+            bus_free: vec![0.0; hosts],
             early,
             heap: RadixHeap::new(),
             msgs: Vec::new(),
@@ -988,6 +1041,20 @@ impl<'a> Engine<'a> {
             finish: vec![0.0; n],
             finish_path: vec![Breakdown::default(); n],
         }
+    }
+
+    /// Reserves `bytes` of rank `r`'s host bus from `from` on (first come,
+    /// first served); returns when they have passed (`from` without a bus).
+    /// Reserving rather than sharing fairly staggers concurrent messages,
+    /// but ends a batch of them when fair sharing would.
+    fn on_bus(&mut self, r: usize, from: f64, bytes: f64) -> f64 {
+        if !self.bus.is_finite() || bytes <= 0.0 {
+            return from;
+        }
+        let h = self.host[r] as usize;
+        let end = from.max(self.bus_free[h]) + bytes / self.bus;
+        self.bus_free[h] = end;
+        end
     }
 
     fn push(&mut self, t: f64, kind: u64, idx: usize) {
@@ -1189,7 +1256,13 @@ impl<'a> Engine<'a> {
         // earlier messages (`absorbed`); the last byte lands α later.
         let start = now.max(self.st[a].cursors[ga].free).max(self.inj_free[ia]);
         let xfer = bytes / link.wire;
-        let pushed = start + self.overhead + xfer;
+        let alone = start + self.overhead + xfer;
+        // Between ranks of one host the bytes also pass its bus.
+        let pushed = if class == 1 {
+            alone.max(self.on_bus(a, start + self.overhead, bytes))
+        } else {
+            alone
+        };
         let mut absorbed = pushed;
         if link.port.is_finite() {
             let busy = self.overhead + bytes / link.port;
@@ -1199,7 +1272,7 @@ impl<'a> Engine<'a> {
             absorbed = absorbed.max(taken);
         }
         let path = add(path, |p| {
-            p.contention += (start - now) + (absorbed - pushed);
+            p.contention += (start - now) + (absorbed - alone);
             p.latency += self.overhead;
             p.transfer += xfer;
         });

@@ -924,3 +924,121 @@ fn bad_input_is_an_error_not_a_panic() {
     )
     .is_err());
 }
+
+/// Every rank sends `len` elements to the next rank of its host and
+/// receives as many from the previous one, in one step (`per_host`
+/// consecutive ranks per host).
+fn host_rings(n: usize, per_host: usize, len: u64) -> Vec<Plan> {
+    (0..n)
+        .map(|r| {
+            let base = r / per_host * per_host;
+            let next = base + (r - base + 1) % per_host;
+            let prev = base + (r - base + per_host - 1) % per_host;
+            let mut p = plan(r, n, vec![vec![]]);
+            p.input_len = len;
+            p.output_len = len;
+            p.steps = vec![Step::new(vec![
+                Action::Send {
+                    peer: next,
+                    src: Region::new(BufferId::Input, 0, len),
+                },
+                Action::Recv {
+                    peer: prev,
+                    dst: out(len),
+                },
+            ])];
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn concurrent_transfers_on_one_host_share_its_bus() {
+    // k ranks of one host each move s bytes to a neighbour at once: the
+    // bus carries k·s, so the batch takes max(s/B, k·s/C) after o, and α.
+    let count = 250_000u64;
+    let s = (count * ELEM) as f64;
+    let o = 1e-6;
+    for k in [2usize, 3, 4, 8] {
+        for cap in [0.5 * BW, 2.0 * BW, 100.0 * BW] {
+            for base in both() {
+                let l = base.inter;
+                let net = base
+                    .with_overhead(o)
+                    .with_hosts(Hosts::Blocks(k), l)
+                    .with_host_bandwidth(cap);
+                let e = price(&host_rings(k, k, count), &net, ELEM).unwrap();
+                let kf = k as f64;
+                let what = format!("{k} ranks, bus {cap:e} B/s");
+                close(e.time, ALPHA + o + (s / BW).max(kf * s / cap), &what);
+                // The breakdown still adds up; the bus wait is contention.
+                close(e.critical_path.total(), e.time, &what);
+                // Without a bus, or with every rank on a host of its own
+                // (the transfers are between hosts), the textbook form.
+                let free = net.clone().with_host_bandwidth(f64::INFINITY);
+                let e = price(&host_rings(k, k, count), &free, ELEM).unwrap();
+                close(e.time, ALPHA + o + s / BW, &what);
+                let apart = net.clone().with_hosts(Hosts::Blocks(1), l);
+                let e = price(&host_rings(k, k, count), &apart, ELEM).unwrap();
+                close(e.time, ALPHA + o + s / BW, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn each_host_has_a_bus_of_its_own() {
+    // 2 hosts of 4 ranks, a ring inside each: both buses carry 4·s at once.
+    let count = 250_000u64;
+    let s = (count * ELEM) as f64;
+    let cap = 2.0 * BW;
+    let l = net().inter;
+    let net = net()
+        .with_hosts(Hosts::Blocks(4), l)
+        .with_host_bandwidth(cap);
+    let e = price(&host_rings(8, 4, count), &net, ELEM).unwrap();
+    close(e.time, ALPHA + 4.0 * s / cap, "two hosts");
+    // One host of 8: one bus carries 8·s.
+    let one = net.clone().with_hosts(Hosts::Blocks(8), l);
+    let e = price(&host_rings(8, 4, count), &one, ELEM).unwrap();
+    close(e.time, ALPHA + 8.0 * s / cap, "one host");
+}
+
+#[test]
+fn ring_all_gather_on_a_saturated_bus() {
+    // α = 0: the bus never idles, so N−1 steps of N messages of S/N take
+    // (N−1)·N·(S/N)/C = (N−1)·S/C, against (N−1)·S/(N·B) without it.
+    for n in [2usize, 3, 4, 8] {
+        let per = 100_000u64;
+        let s = (per * n as u64 * ELEM) as f64;
+        let cap = 0.5 * BW;
+        for base in both() {
+            let mut base = base;
+            base.inter.alpha = 0.0;
+            let l = base.inter;
+            let net = base
+                .with_hosts(Hosts::Blocks(n), l)
+                .with_host_bandwidth(cap);
+            let shape = blocks(Collective::AllGather, n, per);
+            let e = priced(Algorithm::Ring, &shape, 0, &net);
+            let nf = n as f64;
+            let what = format!("ring all_gather N={n}");
+            close(e.time, (nf - 1.0) * s / cap, &what);
+            let free = net.with_host_bandwidth(f64::INFINITY);
+            let e = priced(Algorithm::Ring, &shape, 0, &free);
+            close(e.time, (nf - 1.0) * s / (nf * BW), &what);
+        }
+    }
+}
+
+#[test]
+fn a_bad_host_bandwidth_is_an_error() {
+    let plans = host_rings(2, 2, 10);
+    for cap in [0.0, -1.0, f64::NAN] {
+        let net = net().with_host_bandwidth(cap);
+        assert!(
+            matches!(price(&plans, &net, ELEM), Err(CostError::Network(_))),
+            "{cap}"
+        );
+    }
+}
