@@ -25,7 +25,13 @@
 //! 3. An all-gather hands every rank what every pair measured; each figure
 //!    is the median over the pairs (γ and copy: over the ranks), computed
 //!    alike on every rank, so that every rank prices the same network, bit
-//!    for bit, and makes the same choices. Rank 0 writes what was measured
+//!    for bit, and makes the same choices.
+//! 4. The host bus ([`braid_topologies::Network::host_bandwidth`]), when a
+//!    host runs two or more ranks over `local`, `shm` or `tcp` links: the
+//!    ranks of each host (grouped by host identity) run at once the steps
+//!    of a ring all-gather at two sizes (see `measure_bus`); each rank's
+//!    slope times the host's ranks is its estimate, and the median over the
+//!    ranks, all-gathered, is the figure. Rank 0 writes what was measured
 //!    to the cache.
 //!
 //! The cache is a text file per host under `$XDG_CACHE_HOME/braid` (else
@@ -61,7 +67,7 @@ const CALIBRATION_SEQ: u64 = u64::MAX;
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The measuring method: cached figures of another version are measured
 /// again.
-const METHOD: &str = "2";
+const METHOD: &str = "3";
 /// Lines kept in a cache file (the newest).
 const CACHE_MAX_LINES: usize = 256;
 
@@ -162,6 +168,13 @@ pub struct Calibration {
     pub copy: f64,
     /// Where γ and the copy cost came from.
     pub reduce_source: Source,
+    /// Bytes per second of messages one host moves between its own ranks,
+    /// all of them at once ([`Network::host_bandwidth`]); infinite when
+    /// there is no host bus (no host runs two ranks, links shaped by
+    /// `BRAID_SHAPE` or given by `BRAID_LINK`, or `BRAID_CALIBRATE=off`).
+    pub host_bandwidth: f64,
+    /// Where the host bus figure came from.
+    pub host_source: Source,
     /// The network the cost model prices plans on.
     pub network: Network,
     /// How long calibrating took on this rank.
@@ -189,10 +202,22 @@ impl Calibration {
             ));
         }
         s.push_str(&format!(
-            "gamma {:.3} ns/B, copy {:.3} ns/B ({}); calibrated in {:.1} ms",
+            "gamma {:.3} ns/B, copy {:.3} ns/B ({}); ",
             self.gamma * 1e9,
             self.copy * 1e9,
             self.reduce_source.name(),
+        ));
+        if self.host_bandwidth.is_finite() {
+            s.push_str(&format!(
+                "host bus {:.2} GB/s ({}); ",
+                self.host_bandwidth / 1e9,
+                self.host_source.name()
+            ));
+        } else {
+            s.push_str("no host bus; ");
+        }
+        s.push_str(&format!(
+            "calibrated in {:.1} ms",
             self.elapsed.as_secs_f64() * 1e3
         ));
         s
@@ -400,6 +425,14 @@ fn link_key(kind: &str, nranks: usize) -> Entry {
         record: "link".into(),
         fields,
     }
+}
+
+/// The cache key of the host bus: it depends on the transports (`kinds`,
+/// e.g. `shm` or `tcp`) and on how many ranks share the host.
+fn bus_key(kinds: &str, nranks: usize) -> Entry {
+    let mut e = link_key(kinds, nranks);
+    e.record = "bus".into();
+    e
 }
 
 fn reduce_key() -> Entry {
@@ -745,11 +778,38 @@ fn measure_reduce() -> (f64, f64) {
 
 /// Rank 0's decision for every link kind code and for γ: [source code,
 /// alpha, bandwidth, overhead] per kind (source 0: measure), then
-/// [source, gamma, copy], then the port mode per kind ([`port_mode`]).
-const DECISION: usize = PORTS_AT + SLOTS;
+/// [source, gamma, copy], then the port mode per kind ([`port_mode`]),
+/// then [source, bytes per second] of the host bus (0 bytes per second:
+/// none).
+const DECISION: usize = BUS_AT + 2;
 const PORTS_AT: usize = SLOTS * 4 + 3;
+const BUS_AT: usize = PORTS_AT + SLOTS;
 
-fn decide(config: &Config, nranks: usize) -> Vec<f64> {
+/// The link kinds of a row of kind codes, joined by `+` (the host bus's
+/// cache key: it depends on the transports).
+fn kinds_name(row: &[f64]) -> String {
+    let mut used = [false; SLOTS];
+    for &c in row {
+        if c >= 0.0 && (c as usize) < SLOTS {
+            used[c as usize] = true;
+        }
+    }
+    let names: Vec<&str> = (0..SLOTS)
+        .filter(|&c| used[c])
+        .map(|c| LINK_KINDS[c])
+        .collect();
+    names.join("+")
+}
+
+/// Whether the host bus applies to links of these kind codes: a real host's
+/// transports (`local`, `shm`, `tcp`), not links shaped one by one
+/// (`BRAID_SHAPE` emulates separate hosts), GPU or unknown ones.
+fn bus_kinds(used: &[usize]) -> bool {
+    used.iter()
+        .all(|&c| c < SLOTS && matches!(LINK_KINDS[c], "local" | "shm" | "tcp"))
+}
+
+fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
     let mut d = vec![0f64; DECISION];
     let cache = match config.calibrate {
         Calibrate::Auto => cache_dir(config.cache_dir.as_deref())
@@ -797,6 +857,21 @@ fn decide(config: &Config, nranks: usize) -> Vec<f64> {
             port_mode(kind)
         };
     }
+    // The bus: none when off or when BRAID_LINK describes the links (a
+    // network), else cached or measured.
+    d[BUS_AT] = if config.calibrate == Calibrate::Off {
+        Source::Default.code()
+    } else if !config.links.is_empty() {
+        Source::Override.code()
+    } else {
+        match lookup(&cache, &bus_key(kinds, nranks)).and_then(|e| e.number("bandwidth")) {
+            Some(b) => {
+                d[BUS_AT + 1] = b;
+                Source::Cached.code()
+            }
+            None => 0.0,
+        }
+    };
     let r = &mut d[SLOTS * 4..PORTS_AT];
     if config.calibrate == Calibrate::Off {
         r.copy_from_slice(&[Source::Default.code(), DEFAULT_GAMMA, DEFAULT_COPY]);
@@ -824,7 +899,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         })
         .collect();
     let decision = if rank == 0 {
-        decide(config, size)
+        decide(config, size, &kinds_name(&row))
     } else {
         vec![0f64; DECISION]
     };
@@ -838,10 +913,23 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             chunk_bytes: config.chunk_bytes,
         },
     };
-    let block = size + DECISION;
+    // Each rank's block: its row, rank 0's decision, its host (a 48-bit
+    // hash of the host identity, exact in an f64).
+    let block = size + DECISION + 1;
+    let host_hash = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        host_identity().hash(&mut h);
+        (h.finish() >> 16) as f64
+    };
     let mut all = vec![0f64; block * size];
+    let mine: Vec<f64> = row
+        .iter()
+        .chain(decision.iter())
+        .copied()
+        .chain([host_hash])
+        .collect();
     if size > 1 {
-        let mine: Vec<f64> = row.iter().chain(decision.iter()).copied().collect();
         let shape = Shape::new(
             Collective::AllGather,
             size,
@@ -850,8 +938,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         );
         wire.collective(Algorithm::Bruck, &shape, &mine, &mut all)?;
     } else {
-        all[..block].copy_from_slice(&row.iter().chain(&decision).copied().collect::<Vec<_>>());
+        all[..block].copy_from_slice(&mine);
     }
+    let hosts_of: Vec<f64> = (0..size).map(|r| all[r * block + block - 1]).collect();
     let kinds: Vec<Vec<usize>> = (0..size)
         .map(|i| {
             (0..size)
@@ -981,6 +1070,52 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         e.fields.insert("at".into(), now_secs().to_string());
         new_entries.push(e);
     }
+    // The host bus: every host's ranks stream at once (after the links,
+    // whose bandwidth sizes the messages).
+    let used: Vec<usize> = (0..SLOTS).filter(|&c| pairs[c] > 0).collect();
+    let groups = host_groups(&hosts_of);
+    let shared = groups.iter().any(|g| g.len() > 1);
+    let (host_source, host_bandwidth) = if !shared || !bus_kinds(&used) {
+        (Source::Default, f64::INFINITY)
+    } else if decision[BUS_AT] != 0.0 {
+        let b = decision[BUS_AT + 1];
+        let source = Source::from_code(decision[BUS_AT]).unwrap_or(Source::Default);
+        (source, if b > 0.0 { b } else { f64::INFINITY })
+    } else {
+        let guide = links
+            .iter()
+            .map(|l| l.bandwidth)
+            .fold(f64::INFINITY, f64::min);
+        let group = groups
+            .iter()
+            .find(|g| g.contains(&rank))
+            .cloned()
+            .unwrap_or_default();
+        let mine = measure_bus(&mut wire, &group, guide)?;
+        let shape = Shape::new(
+            Collective::AllGather,
+            size,
+            0,
+            Counts::Blocks(vec![1; size]),
+        );
+        let mut every = vec![0f64; size];
+        wire.collective(Algorithm::Bruck, &shape, &[mine], &mut every)?;
+        let mut v: Vec<f64> = every
+            .into_iter()
+            .filter(|c| *c > 0.0 && c.is_finite())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        match v.get(v.len() / 2) {
+            Some(&c) => {
+                let mut e = bus_key(&kinds_name(&all[..size]), size);
+                e.fields.insert("bandwidth".into(), format!("{c:e}"));
+                e.fields.insert("at".into(), now_secs().to_string());
+                new_entries.push(e);
+                (Source::Measured, c)
+            }
+            None => (Source::Default, f64::INFINITY),
+        }
+    };
     if rank == 0 && !new_entries.is_empty() && config.calibrate != Calibrate::Off {
         if let Some(dir) = cache_dir(config.cache_dir.as_deref()) {
             let path = cache_file(&dir);
@@ -999,15 +1134,113 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             l.injection = Injection::Limit((1.0 / copy).max(l.bandwidth));
         }
     }
-    let network = build_network(&kinds, &links, gamma, copy, config.chunk_bytes as u64);
+    let mut network = build_network(&kinds, &links, gamma, copy, config.chunk_bytes as u64);
+    if host_bandwidth.is_finite() {
+        if let [_] = links.as_slice() {
+            // One kind: hosts by identity (loopback TCP between ranks of
+            // one host is the same link class as TCP between hosts).
+            let map = host_map(&hosts_of);
+            let l = network.inter;
+            network = network.with_hosts(Hosts::Map(map), l);
+        }
+        network = network.with_host_bandwidth(host_bandwidth);
+    }
     Ok(Calibration {
         links,
         gamma,
         copy,
         reduce_source,
+        host_bandwidth,
+        host_source,
         network,
         elapsed: start.elapsed(),
     })
+}
+
+/// The ranks of each host (by host hash), each group in rank order, groups
+/// in order of their lowest rank.
+fn host_groups(hosts: &[f64]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(f64, Vec<usize>)> = Vec::new();
+    for (r, &h) in hosts.iter().enumerate() {
+        match groups.iter_mut().find(|g| g.0 == h) {
+            Some(g) => g.1.push(r),
+            None => groups.push((h, vec![r])),
+        }
+    }
+    groups.into_iter().map(|g| g.1).collect()
+}
+
+/// The host of each rank: the lowest rank of its host group.
+fn host_map(hosts: &[f64]) -> Vec<usize> {
+    let mut map = vec![0; hosts.len()];
+    for g in host_groups(hosts) {
+        for &r in &g {
+            map[r] = g[0];
+        }
+    }
+    map
+}
+
+/// This rank's estimate of its host bus, in message bytes per second
+/// (0 when it is alone on its host): the ranks of each host (`group`) run
+/// at once the steps of a ring all-gather (each sends to the next rank of
+/// the host and receives from the previous one, into fresh memory), at a
+/// size that takes about 2 ms per rank at the link bandwidth `guide`, and
+/// at a quarter of it; the slope between the medians of 3 (after one
+/// untimed) is what one rank gets while all stream, and the host moves
+/// that times the group's size. Every rank of the group runs the same
+/// barriers and plans, alone ones only the barriers.
+fn measure_bus(wire: &mut Wire<'_>, group: &[usize], guide: f64) -> Result<f64> {
+    const MIB: u64 = 1 << 20;
+    let k = group.len();
+    let me = group.iter().position(|&r| r == wire.rank);
+    let steps = k.saturating_sub(1).max(1) as u64;
+    let want = (guide * 2e-3 / steps as f64).clamp((64 << 10) as f64, (32 * MIB / steps) as f64);
+    let bytes = ((want as u64) / 4096).max(1) * 4096;
+    let plan = |len: u64| -> Option<Plan> {
+        let i = me?;
+        if k < 2 {
+            return None;
+        }
+        let (next, prev) = (group[(i + 1) % k], group[(i + k - 1) % k]);
+        let mut plan = Plan::new(Collective::AllGather, Algorithm::Ring, wire.rank, wire.size);
+        for s in 0..steps {
+            plan.push_step_keep_empty(vec![send(next, 0, len), recv(prev, s * len, len)]);
+        }
+        Some(plan)
+    };
+    let (large, small) = (plan(bytes), plan(bytes / 4));
+    let input = vec![1u8; bytes as usize];
+    let mut output = vec![0u8; (steps * bytes) as usize];
+    let mut times = [[0f64; 3]; 2];
+    for i in 0..7 {
+        // One untimed large run, then small and large in turn.
+        let which = if i == 0 { 0 } else { (i + 1) % 2 };
+        wire.barrier()?;
+        let p = if which == 0 { &large } else { &small };
+        if let Some(p) = p {
+            let t = wire.run_bytes(p, &input, &mut output)?;
+            if i > 0 {
+                times[which][(i - 1) / 2] = t;
+            }
+        }
+    }
+    if large.is_none() {
+        return Ok(0.0);
+    }
+    for t in &mut times {
+        t.sort_by(f64::total_cmp);
+    }
+    let (t_large, t_small) = (times[0][1], times[1][1]);
+    let moved = (steps * (bytes - bytes / 4)) as f64;
+    let slope = (t_large - t_small) / moved;
+    // Noise can make the slope meaningless: then the whole large run.
+    let per_byte = if slope > 0.0 && slope * (steps * bytes) as f64 > 0.25 * t_large {
+        slope
+    } else {
+        t_large / (steps * bytes) as f64
+    };
+    Ok(k as f64 / per_byte)
 }
 
 /// The figures every rank agrees on from what each measured (`every`:
@@ -1168,6 +1401,30 @@ mod tests {
         let one = build_network(&kinds, &links[..1], 1e-10, 1e-10, 1 << 18);
         assert_eq!(one.hosts, Hosts::Blocks(1));
         assert_eq!(one.inter.alpha, 1e-6);
+    }
+
+    #[test]
+    fn hosts_group_by_identity_and_the_bus_is_for_real_hosts() {
+        let hosts = [5.0, 7.0, 5.0, 7.0, 9.0];
+        assert_eq!(host_groups(&hosts), vec![vec![0, 2], vec![1, 3], vec![4]]);
+        assert_eq!(host_map(&hosts), vec![0, 1, 0, 1, 4]);
+        let code = |k: &str| kind_code(k);
+        assert!(bus_kinds(&[code("shm"), code("tcp")]));
+        assert!(bus_kinds(&[code("local")]));
+        assert!(
+            !bus_kinds(&[code("local+shape")]),
+            "shaped links emulate hosts apart"
+        );
+        assert!(!bus_kinds(&[code("shm"), code("cuda")]));
+        let row = [
+            -1.0,
+            code("tcp") as f64,
+            code("shm") as f64,
+            code("shm") as f64,
+        ];
+        assert_eq!(kinds_name(&row), "shm+tcp");
+        assert_ne!(bus_key("shm", 4).key(), bus_key("tcp", 4).key());
+        assert_ne!(bus_key("shm", 4).key(), bus_key("shm", 8).key());
     }
 
     #[test]
