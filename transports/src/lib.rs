@@ -126,6 +126,14 @@ pub trait Transport: Send {
     /// Blocks until something may have changed (data arrived, space freed, a
     /// peer closed) or `deadline` passes, whichever is first.
     fn wait(&mut self, deadline: Instant) -> Result<(), TransportError>;
+    /// Watches for a change for a short, bounded while without reading the
+    /// clock or sleeping; true if something may have changed. Lets a caller
+    /// whose message is already on its way skip the clock read that a
+    /// deadline for [`Transport::wait`] costs. The default returns false at
+    /// once (the caller then waits).
+    fn wait_briefly(&mut self) -> bool {
+        false
+    }
     /// Called when a call fails with messages unfinished: from now on the
     /// caller's buffers may change, so a transport that lets peers read
     /// them in place (shared-memory single copy) withdraws them, waiting for

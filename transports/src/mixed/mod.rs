@@ -182,6 +182,14 @@ impl Transport for MixedTransport {
         }
     }
 
+    fn wait_briefly(&mut self) -> bool {
+        // With several parts a spin on one would miss the others' arrivals.
+        match self.parts.as_mut_slice() {
+            [only] => only.wait_briefly(),
+            _ => false,
+        }
+    }
+
     fn wait(&mut self, deadline: Instant) -> Result<(), TransportError> {
         if let [only] = self.parts.as_mut_slice() {
             return only.wait(deadline);

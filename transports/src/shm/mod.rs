@@ -82,6 +82,8 @@ const BOUNCE_BYTES: usize = 256 << 10;
 const REVOKE_WAIT: Duration = Duration::from_secs(1);
 /// How often a sleeping `wait` checks that its peers' processes still live.
 pub const LIVENESS_PERIOD: Duration = Duration::from_millis(100);
+/// Looks at the peers' counters in one `wait_briefly` (a few microseconds).
+const BRIEF_LOOKS: u32 = 512;
 
 /// Settings of the shared-memory transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,6 +296,9 @@ struct Link {
     generation: u64,
     /// A message to this peer was given up mid-way: the stream is broken.
     abandoned: bool,
+    /// The last send did not fit the ring: waiting for the peer to free
+    /// space, so [`Link::stamp`] watches the ring's tail.
+    send_blocked: bool,
 }
 
 /// The sender's record of its open window (see `raw::Window`).
@@ -311,22 +316,36 @@ impl Link {
         self.bell.bell_header().bell.0.ring();
     }
 
-    /// The sum of every counter and flag of this link the peer moves (each
-    /// only ever grows, so the sum changes when any does). Spinning reads
-    /// lines the peer writes only when it has something to say.
+    /// The sum of every counter and flag of this link the peer moves and
+    /// this rank waits for (each only ever grows, so the sum changes when
+    /// any does). Spinning reads lines the peer writes only when it has
+    /// something to say: the outgoing ring's tail and window reads only
+    /// while a send waits for them, the ring's copy of small writes only
+    /// while a receive waits for it, as the peer writes those on every
+    /// message it takes, and a line read here is one its next write must
+    /// first take back.
     fn stamp(&self) -> u64 {
         let (rx, tx) = (self.rx.header(), self.tx.header());
         let a = Ordering::Acquire;
-        rx.head
-            .0
+        let mut sum = rx
+            .head
+            .head
             .load(a)
             .wrapping_add(rx.window.0.state.load(a))
             .wrapping_add(rx.window.0.end.load(a))
             .wrapping_add(rx.window.0.revoked.load(a) as u64)
             .wrapping_add(rx.meta.sender_closed.load(a) as u64)
-            .wrapping_add(tx.tail.0.load(a))
-            .wrapping_add(tx.window_ack.0.done.load(a))
-            .wrapping_add(tx.meta.receiver_closed.load(a) as u64)
+            .wrapping_add(tx.meta.receiver_closed.load(a) as u64);
+        if self.rx.ring_lagging() {
+            sum = sum.wrapping_add(rx.ring_head.0.load(a));
+        }
+        if self.send_blocked {
+            sum = sum.wrapping_add(tx.tail.0.load(a));
+        }
+        if self.window.is_some() {
+            sum = sum.wrapping_add(tx.window_ack.0.done.load(a));
+        }
+        sum
     }
 
     /// The open incoming window: its address in the peer, the count of its
@@ -523,6 +542,7 @@ pub fn connect(
             window: None,
             generation: 0,
             abandoned: false,
+            send_blocked: false,
         });
     }
 
@@ -727,6 +747,10 @@ impl ShmTransport {
             });
         }
         let mut lent = link.rx.pop(max, granule, sink);
+        // Wake a sleeping sender only when it can be waiting for this: space
+        // in a full ring, or window bytes read (the fence and the look at its
+        // doorbell cost more than the rest of a small receive).
+        let mut wake_sender = lent > 0 && link.rx.freed_full();
         let mut window_left = 0u64;
         if let Some((addr, start, end)) = link.incoming_window() {
             // While a window is open the sender adds nothing to the ring, so
@@ -766,6 +790,7 @@ impl ShmTransport {
                 done += (granule - ring_left) as u64;
                 publish(link, done);
                 lent += granule;
+                wake_sender = true;
                 ready = true;
             }
             while ready && lent < max {
@@ -781,19 +806,20 @@ impl ShmTransport {
                 done += n as u64;
                 publish(link, done);
                 lent += n;
+                wake_sender = true;
             }
             window_left = end - done;
         }
-        if lent > 0 {
-            // Space was freed or window bytes read: the sender may be
-            // waiting for that.
+        if wake_sender {
             link.ring_peer();
-        } else if link.gone() && link.rx.available() < granule && window_left == 0 {
+        }
+        if lent == 0 && link.gone() {
             // Checked after the closed flag, so bytes published before the
             // peer closed are never lost.
-            return Err(TransportError::PeerClosed { peer });
-        } else if link.gone() && !raw::process_alive(link.pid, link.start) {
-            return Err(TransportError::PeerClosed { peer });
+            let drained = link.rx.available() < granule && window_left == 0;
+            if drained || !raw::process_alive(link.pid, link.start) {
+                return Err(TransportError::PeerClosed { peer });
+            }
         }
         Ok(lent)
     }
@@ -896,12 +922,21 @@ impl Transport for ShmTransport {
                 .state
                 .store(2 * link.generation, Ordering::Release);
         }
-        let rest = skip_bytes(parts, taken);
+        // A new message (nothing taken above) goes on without a copy of the
+        // part list: this runs on every send.
+        let skipped;
+        let rest: &[&[u8]] = if taken == 0 {
+            parts
+        } else {
+            skipped = skip_bytes(parts, taken);
+            &skipped
+        };
         let big = single_copy_min
             .filter(|_| link.single_copy)
             .and_then(|min| rest.iter().position(|p| p.len() >= min.max(1)));
         let Some(big) = big else {
-            let n = link.tx.push(&rest);
+            let n = link.tx.push(rest);
+            link.send_blocked = n < rest.iter().map(|p| p.len()).sum();
             if n > 0 {
                 link.ring_peer();
             }
@@ -912,6 +947,7 @@ impl Transport for ShmTransport {
         let small: usize = rest[..big].iter().map(|p| p.len()).sum();
         let n = link.tx.push(&rest[..big]);
         taken += n;
+        link.send_blocked = n < small;
         if n < small {
             if n > 0 {
                 link.ring_peer();
@@ -928,10 +964,7 @@ impl Transport for ShmTransport {
             reported: start,
         };
         link.generation += 1;
-        h.ring_pos.store(
-            link.tx.header().head.0.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        h.ring_pos.store(link.tx.published(), Ordering::Relaxed);
         h.addr.store(w.addr, Ordering::Relaxed);
         h.start.store(w.start, Ordering::Relaxed);
         h.end.store(w.end, Ordering::Release);
@@ -960,13 +993,30 @@ impl Transport for ShmTransport {
         }
     }
 
+    fn wait_briefly(&mut self) -> bool {
+        if self.oversubscribed {
+            // The peer may need this core to answer: wait (and yield) now.
+            return false;
+        }
+        for _ in 0..BRIEF_LOOKS {
+            if self.moved() {
+                self.spin_misses = 0;
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
     fn wait(&mut self, deadline: Instant) -> Result<(), TransportError> {
         let spin = if self.spin_misses < 8 || self.spin_misses % 16 == 0 {
             self.spin
         } else {
             Duration::ZERO
         };
-        let spin_until = Instant::now() + spin;
+        // The clock is first read after a few looks: a message that is
+        // already on its way is seen without paying for a clock read.
+        let mut spin_until = None;
         let mut spins = 0u32;
         loop {
             if self.moved() {
@@ -975,8 +1025,11 @@ impl Transport for ShmTransport {
             }
             // The clock now and then only: reading it costs more than a look.
             spins += 1;
-            if spins % 32 == 0 && Instant::now() >= spin_until.min(deadline) {
-                break;
+            if spins % 32 == 0 {
+                let now = Instant::now();
+                if now >= (*spin_until.get_or_insert(now + spin)).min(deadline) {
+                    break;
+                }
             }
             // With spare cores, pure spinning; oversubscribed, a few pure
             // spins, then yield between looks: the peer may need this core

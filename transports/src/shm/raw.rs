@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Marks a ring or doorbell segment of this transport ("BRAIDSHM").
 pub const MAGIC: u64 = 0x4252_4149_4453_484d;
 /// Layout version of the headers below; an opener refuses any other.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Where a ring's data area starts in its segment (one page, so the data is
 /// page-aligned and the header never shares a line with it).
 pub const DATA_OFFSET: usize = 4096;
@@ -51,14 +51,41 @@ pub struct RingMeta {
 #[repr(C)]
 pub struct RingHeader {
     pub meta: RingMeta,
-    /// Bytes ever written; only the sender stores it.
-    pub head: Line<AtomicU64>,
+    /// Bytes ever written, and a copy of the latest small write beside it;
+    /// only the sender stores them.
+    pub head: HeadLine,
+    /// Bytes ever written that are in the ring's data area; only the sender
+    /// stores it. Behind `head` while a small write is copied there after
+    /// being published in [`HeadLine`].
+    pub ring_head: Line<AtomicU64>,
     /// Bytes ever consumed; only the receiver stores it.
     pub tail: Line<AtomicU64>,
     /// The single-copy window the sender opens on a large message.
     pub window: Line<Window>,
     /// The receiver's side of the window.
     pub window_ack: Line<WindowAck>,
+}
+
+/// Bytes a write of at most this many is also copied into the head's line.
+pub const INLINE_BYTES: usize = 48;
+const INLINE_WORDS: usize = INLINE_BYTES / 8;
+/// An `inline_tag` while the inline bytes are being rewritten.
+pub const INLINE_WRITING: u64 = u64::MAX;
+
+/// The line a receiver polls. A small write (a message header with a few
+/// elements) lands here whole, next to the count that publishes it, so the
+/// receiver gets it with the one cache miss that tells it something came,
+/// instead of a second, dependent miss on the ring's data line.
+#[repr(C, align(64))]
+pub struct HeadLine {
+    /// Bytes ever written (Release): everything below is readable, from the
+    /// inline copy or from the ring (up to `ring_head`).
+    pub head: AtomicU64,
+    /// `end << 8 | len`: the inline words hold the `len` stream bytes ending
+    /// at `end`; [`INLINE_WRITING`] while they change (a seqlock: a reader
+    /// checks the tag is unchanged after copying the words).
+    pub inline_tag: AtomicU64,
+    pub inline: [AtomicU64; INLINE_WORDS],
 }
 
 /// A large message the receiver copies straight out of the sender's memory
@@ -130,6 +157,7 @@ pub struct Bell {
     pub sleeping: AtomicU32,
 }
 
+const _: () = assert!(std::mem::size_of::<HeadLine>() == 64);
 const _: () = assert!(std::mem::size_of::<RingHeader>() <= DATA_OFFSET);
 const _: () = assert!(std::mem::size_of::<BellHeader>() <= DATA_OFFSET);
 
@@ -382,6 +410,9 @@ pub struct Producer {
     /// The consumer's `tail` at the last look: reloaded (a cache miss, as
     /// the consumer wrote it) only when the space it leaves is too small.
     tail_seen: u64,
+    /// This end's own `head`, kept here: the shared copy's line is the one
+    /// the consumer polls, so reading it back would miss.
+    head: u64,
 }
 
 /// The reading end of a ring.
@@ -391,6 +422,25 @@ pub struct Consumer {
     /// For elements straddling the wrap point that are too large for the
     /// stack buffer.
     scratch: Vec<u8>,
+    /// The last `pop` took bytes out of a full ring (the producer may be
+    /// waiting for that space).
+    freed_full: bool,
+    /// The last look found published bytes that are neither inline nor yet
+    /// in the ring (the producer is copying them there): only then is
+    /// `ring_head` worth watching.
+    ring_lagging: std::cell::Cell<bool>,
+}
+
+/// What a consumer can read now (see `Consumer::ready`).
+enum Ready {
+    /// `len` bytes from `bytes[at..]`, copied out of the head's line.
+    Inline {
+        bytes: [u8; INLINE_BYTES],
+        at: usize,
+        len: usize,
+    },
+    /// `len` bytes in the ring's data area from the tail on.
+    Ring(usize),
 }
 
 /// Validated ring geometry: the segment holds `DATA_OFFSET + cap` bytes and
@@ -405,10 +455,13 @@ impl Producer {
     /// the segment.
     pub fn new(map: Mapping) -> Option<Producer> {
         let cap = ring_cap(&map)?;
+        let head = map.ring_header().head.head.load(Ordering::Acquire);
+        let tail_seen = map.ring_header().tail.0.load(Ordering::Acquire);
         Some(Producer {
             map,
             cap,
-            tail_seen: 0,
+            tail_seen,
+            head,
         })
     }
 
@@ -425,7 +478,7 @@ impl Producer {
     /// bytes taken and publishes them (Release).
     pub fn push(&mut self, parts: &[&[u8]]) -> usize {
         let h = self.header();
-        let head = h.head.0.load(Ordering::Relaxed);
+        let head = self.head;
         let wanted: usize = parts.iter().map(|p| p.len()).sum();
         let mut tail = self.tail_seen;
         if self.cap - (head.wrapping_sub(tail) as usize) < wanted {
@@ -437,6 +490,53 @@ impl Producer {
             return 0;
         }
         let free = self.cap - used;
+        if wanted > 0 && wanted <= INLINE_BYTES.min(free) {
+            // Small and whole: publish it in the head's line first (what the
+            // receiver polls), then copy it into the ring for a receiver that
+            // is behind and reads the ring instead.
+            let mut bytes = [0u8; INLINE_BYTES];
+            let mut at = 0;
+            for part in parts {
+                bytes[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            let end = head.wrapping_add(wanted as u64);
+            let line = &self.header().head;
+            line.inline_tag.store(INLINE_WRITING, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Release);
+            for (word, b) in line.inline.iter().zip(bytes.chunks_exact(8)) {
+                word.store(
+                    u64::from_le_bytes(b.try_into().unwrap_or([0; 8])),
+                    Ordering::Relaxed,
+                );
+            }
+            line.inline_tag
+                .store(end << 8 | wanted as u64, Ordering::Release);
+            line.head.store(end, Ordering::Release);
+            self.head = end;
+            self.copy_in(head, &[&bytes[..wanted]], wanted);
+            self.header().ring_head.0.store(end, Ordering::Release);
+            return wanted;
+        }
+        let n = self.copy_in(head, parts, free);
+        if n > 0 {
+            let end = head.wrapping_add(n as u64);
+            // ring_head first: a receiver that sees `head` reads the ring.
+            self.header().ring_head.0.store(end, Ordering::Release);
+            self.header().head.head.store(end, Ordering::Release);
+            self.head = end;
+        }
+        n
+    }
+
+    /// Bytes ever written.
+    pub fn published(&self) -> u64 {
+        self.head
+    }
+
+    /// Copies up to `free` bytes of `parts` into the ring from stream
+    /// position `head`; returns the bytes copied (not yet published).
+    fn copy_in(&mut self, head: u64, parts: &[&[u8]], free: usize) -> usize {
         let mask = self.cap - 1;
         let mut n = 0usize;
         for part in parts {
@@ -447,8 +547,9 @@ impl Producer {
                 // SAFETY: [pos, pos + chunk) lies in the data area (pos < cap,
                 // chunk <= cap - pos, segment holds DATA_OFFSET + cap bytes)
                 // and in the free part of the ring ([head, tail + cap)), which
-                // the consumer does not read until `head` is published below;
-                // only this Producer (one per ring) writes there.
+                // the consumer does not read from the ring until `ring_head`
+                // is published past it; only this Producer (one per ring)
+                // writes there.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         src.as_ptr(),
@@ -463,12 +564,6 @@ impl Producer {
                 break;
             }
         }
-        if n > 0 {
-            self.header()
-                .head
-                .0
-                .store(head.wrapping_add(n as u64), Ordering::Release);
-        }
         n
     }
 }
@@ -482,6 +577,8 @@ impl Consumer {
             map,
             cap,
             scratch: Vec::new(),
+            freed_full: false,
+            ring_lagging: std::cell::Cell::new(false),
         })
     }
 
@@ -493,11 +590,53 @@ impl Consumer {
         self.cap
     }
 
-    /// Bytes published and not yet consumed.
+    /// Bytes published and not yet consumed that `pop` can lend now.
     pub fn available(&self) -> usize {
-        let h = self.header();
-        let head = h.head.0.load(Ordering::Acquire);
-        head.wrapping_sub(h.tail.0.load(Ordering::Relaxed)) as usize
+        let tail = self.header().tail.0.load(Ordering::Relaxed);
+        match self.ready(tail).0 {
+            Ready::Inline { len, .. } | Ready::Ring(len) => len,
+        }
+    }
+
+    /// What can be read from stream position `tail` on: the inline copy in
+    /// the head's line when it holds everything published from `tail` (the
+    /// usual case of a small message: no look at the ring's data), else
+    /// what the ring's data area holds.
+    /// Also returns the bytes published and not consumed.
+    fn ready(&self, tail: u64) -> (Ready, usize) {
+        let line = &self.header().head;
+        let head = line.head.load(Ordering::Acquire);
+        let pending = head.wrapping_sub(tail) as usize;
+        if pending == 0 {
+            return (Ready::Ring(0), 0);
+        }
+        let tag = line.inline_tag.load(Ordering::Acquire);
+        let len = (tag & 0xff) as usize;
+        if tag != INLINE_WRITING
+            && len <= INLINE_BYTES
+            && tag >> 8 == head & (u64::MAX >> 8)
+            && pending <= len
+        {
+            let mut bytes = [0u8; INLINE_BYTES];
+            for (word, b) in line.inline.iter().zip(bytes.chunks_exact_mut(8)) {
+                b.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+            }
+            // The seqlock's check: the words were not being rewritten.
+            std::sync::atomic::fence(Ordering::Acquire);
+            if line.inline_tag.load(Ordering::Relaxed) == tag {
+                let inline = Ready::Inline {
+                    bytes,
+                    at: len - pending,
+                    len: pending,
+                };
+                return (inline, pending);
+            }
+        }
+        let ring_head = self.header().ring_head.0.load(Ordering::Acquire);
+        // Behind `tail` when inline bytes were read before their ring copy.
+        let in_ring = (ring_head.wrapping_sub(tail) as i64).max(0) as usize;
+        self.ring_lagging.set(in_ring < pending);
+        (Ready::Ring(in_ring), pending)
     }
 
     /// The bytes at ring position `pos` (masked), `len` of them without
@@ -505,10 +644,22 @@ impl Consumer {
     fn slice(&self, pos: usize, len: usize) -> &[u8] {
         assert!(pos + len <= self.cap);
         // SAFETY: in the data area (checked above); the caller only asks for
-        // published, unconsumed bytes ([tail, head)), which the producer does
-        // not write until `tail` moves past them, and `tail` only moves in
-        // `pop` after the borrow ends.
+        // unconsumed bytes in the ring ([tail, ring_head)), which the
+        // producer does not write until `tail` moves past them, and `tail`
+        // only moves in `pop` after the borrow ends.
         unsafe { std::slice::from_raw_parts(self.map.ptr.add(DATA_OFFSET + pos), len) }
+    }
+
+    /// Whether the last look found bytes published but not yet readable
+    /// (see `ring_lagging`).
+    pub fn ring_lagging(&self) -> bool {
+        self.ring_lagging.get()
+    }
+
+    /// Whether the last `pop` that lent bytes freed them from a full ring:
+    /// only then can the producer be waiting for space.
+    pub fn freed_full(&self) -> bool {
+        self.freed_full
     }
 
     /// Lends up to `max` published bytes, whole multiples of `granule`
@@ -517,10 +668,21 @@ impl Consumer {
     pub fn pop(&mut self, max: usize, granule: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
         let g = granule.max(1);
         let tail = self.header().tail.0.load(Ordering::Relaxed);
-        let mut want = self.available().min(max);
+        let (ready, pending) = self.ready(tail);
+        let (Ready::Inline { len, .. } | Ready::Ring(len)) = ready;
+        let mut want = len.min(max);
         want -= want % g;
         if want == 0 {
             return 0;
+        }
+        self.freed_full = pending >= self.cap;
+        if let Ready::Inline { bytes, at, .. } = ready {
+            sink(&bytes[at..at + want]);
+            self.header()
+                .tail
+                .0
+                .store(tail.wrapping_add(want as u64), Ordering::Release);
+            return want;
         }
         let mask = self.cap - 1;
         let mut done = 0usize;
