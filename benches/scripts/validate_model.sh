@@ -40,7 +40,7 @@ for shape in $shapes; do
         cmd=("$bin/braid-run" -n "$n" --no-prefix -- "$bin/braid-bench" "$c" --transport "$transport")
       fi
       # Few calls per row: the slow shapes take seconds per call at 64 MiB.
-      env "${env_shape[@]}" BRAID_TIMEOUT=600 "${cmd[@]}" --sizes "$sizes" -a all -n 5 -w 1 --json \
+      env "${env_shape[@]}" BRAID_TIMEOUT=600 "${cmd[@]}" --sizes "$sizes" -a all -n 5 -w 1 --start together --json \
         | grep '^{' | sed "s/^{/{\"shape\":\"$shape\",/" >>"$out" || echo "# FAILED: $shape N=$n $c" >&2
     done
   done

@@ -34,6 +34,12 @@ options:
   -r, --root R               root of broadcast, reduce, gather and scatter (default 0)
   -a, --algorithm A          auto (default: the cost model's choice), all (one row per
                              algorithm, * marks auto's choice) or an algorithm name
+      --start S              how the ranks start each timed call: barrier (default: a
+                             barrier, then the call, as mpi_coll_bench and the gloo
+                             anchor time it) or together (after the barrier all ranks
+                             start at one instant: a start line for threads, a moment on
+                             the shared clock for processes on one host; what the cost
+                             model predicts)
       --json                 one JSON object per row on stdout instead of the table
                              (fields: collective bytes count dtype op root nranks
                              transport algorithm auto_choice time_us algbw_gbps
@@ -216,6 +222,31 @@ pub struct Options {
     pub json: bool,
     /// `--transport`, if given.
     pub transport: Option<TransportChoice>,
+    /// `--start`.
+    pub start: StartMode,
+}
+
+/// How the ranks begin each timed call (`--start`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// A barrier, then the call: the anchors' definition (a rank that leaves
+    /// the barrier late may find its data already there).
+    Barrier,
+    /// After the barrier, every rank starts at the same instant: the time
+    /// from a common start to the last rank's end, as the cost model prices
+    /// it.
+    Together,
+}
+
+impl FromStr for StartMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "barrier" => Ok(StartMode::Barrier),
+            "together" => Ok(StartMode::Together),
+            _ => Err(format!("--start '{s}': valid: barrier, together")),
+        }
+    }
 }
 
 /// Default timed calls per row.
@@ -243,6 +274,7 @@ impl Options {
             algo: AlgoChoice::Auto,
             json: false,
             transport: None,
+            start: StartMode::Barrier,
         }
     }
 }
@@ -399,6 +431,7 @@ where
             "-r" | "--root" => o.root = number(flag, &value()?)?,
             "-a" | "--algorithm" => algo = Some(value()?),
             "--transport" => o.transport = Some(value()?.parse().map_err(usage)?),
+            "--start" => o.start = value()?.parse().map_err(usage)?,
             f if f.starts_with('-') && f.len() > 1 => {
                 return Err(usage(format!("unknown option '{f}'")))
             }
@@ -498,9 +531,16 @@ mod tests {
     fn every_option() {
         let o = parse([
             "--ranks", "3", "-b", "64K", "-e", "1G", "-f", "2", "-n", "7", "-w", "0", "-c", "-d",
-            "bf16", "-o", "max", "-r", "2", "-a", "tree", "--json", "reduce",
+            "bf16", "-o", "max", "-r", "2", "-a", "tree", "--json", "--start", "together",
+            "reduce",
         ])
         .unwrap();
+        assert_eq!(o.start, StartMode::Together);
+        assert_eq!(
+            parse(["all_reduce"]).unwrap().start,
+            StartMode::Barrier,
+            "the anchors' definition by default"
+        );
         assert_eq!(o.bench, Bench::Collective(Collective::Reduce));
         assert_eq!(o.ranks, 3);
         assert_eq!((o.min_bytes, o.max_bytes, o.factor), (64 << 10, 1 << 30, 2));
@@ -535,6 +575,7 @@ mod tests {
         assert!(err(&["all_reduce", "-b", "8X"]).contains("16M"));
         assert!(err(&["all_reduce", "-n", "many"]).contains("whole number"));
         assert!(err(&["all_reduce", "-n", "0"]).contains("at least 1"));
+        assert!(err(&["all_reduce", "--start", "now"]).contains("valid: barrier, together"));
         assert!(err(&["all_reduce", "-f", "1"]).contains("at least 2"));
         assert!(err(&["all_reduce", "-b", "1M", "-e", "1K"]).contains("larger than"));
         assert!(err(&["all_reduce", "--ranks", "0"]).contains("at least 1"));

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::args::{AlgoChoice, Bench, Options};
+use crate::args::{AlgoChoice, Bench, Options, StartMode};
 use crate::layout::{bus_factor, bus_factor_formula, SCALE_ABOVE};
 use crate::run::{RankResult, RowSpec};
 
@@ -203,8 +203,10 @@ pub fn header(o: &Options, transport: &str, threads: bool) -> String {
     ));
     if o.bench == Bench::Collective(braid::Collective::Barrier) {
         line("# time: median over samples; a sample is one barrier call, its time the slowest rank's".into());
+    } else if o.start == StartMode::Barrier {
+        line("# time: median over samples; a sample is a barrier, then one timed call, its time the slowest rank's (as mpi_coll_bench; --start together for a common start)".into());
     } else {
-        line("# time: median over samples; a sample is a barrier, a common start (threads: a start line; processes on one host: a moment on the shared clock), then one timed call, its time the slowest rank's".into());
+        line("# time: median over samples; a sample is a barrier, a common start (threads: a start line; processes on one host: a moment on the shared clock; hosts: the barrier), then one timed call, its time the slowest rank's".into());
     }
     line(format!(
         "# algbw = size / time; busbw = algbw * {} (nccl-tests); GB/s = 1e9 B/s",

@@ -14,7 +14,7 @@ use braid::{
     ErrorKind,
 };
 
-use crate::args::{AlgoChoice, Bench, Options, DEFAULT_ITERS, DEFAULT_WARMUP};
+use crate::args::{AlgoChoice, Bench, Options, StartMode, DEFAULT_ITERS, DEFAULT_WARMUP};
 use crate::check::{count_wrong, fill, Values, SENTINEL};
 use crate::layout::{layout, scaled_iters, size_list, Layout};
 use crate::report::{combine, Row, RowContext};
@@ -170,6 +170,14 @@ pub enum Start<'a> {
     Barrier,
 }
 
+/// How rank threads of one process start each sample, as `--start` says.
+fn thread_start<'a>(o: &Options, line: &'a StartLine) -> Start<'a> {
+    match o.start {
+        StartMode::Barrier => Start::Barrier,
+        StartMode::Together => Start::Line(line),
+    }
+}
+
 /// Nanoseconds on the host's real-time clock (shared by its processes).
 fn clock_ns() -> u64 {
     std::time::SystemTime::now()
@@ -259,10 +267,9 @@ pub fn run_distributed(
     let (mut low, mut high) = ([0u64], [0u64]);
     comm.all_reduce(&mine, &mut low, braid::ReduceOp::Min)?;
     comm.all_reduce(&mine, &mut high, braid::ReduceOp::Max)?;
-    let start = if low == high {
-        Start::Clock
-    } else {
-        Start::Barrier
+    let start = match o.start {
+        StartMode::Together if low == high => Start::Clock,
+        _ => Start::Barrier,
     };
     let mut each_row = |comm: &mut Communicator,
                         i: usize,
@@ -436,7 +443,7 @@ fn rank_loop<T: Element>(
                 consequential: true,
                 ..RankResult::default()
             },
-            Some(c) => match run_row::<T>(c, row, o, Start::Line(start)) {
+            Some(c) => match run_row::<T>(c, row, o, thread_start(o, start)) {
                 Ok(r) => r,
                 Err(e) => {
                     if !group_survives(e.kind()) {
