@@ -42,7 +42,7 @@ for round in $(seq "$rounds"); do
   "$out/core_pingpong" 0 1 50000
   for c in $ops; do
     echo "## $c"
-    BRAID_TRANSPORT=$transport "$bin/braid-run" -n "$n" -- "$bin/braid-bench" "$c" --sizes "$sizes" -n 20 -w 3 -c \
+    BRAID_TRANSPORT=$transport "$bin/braid-run" -n "$n" -- "$bin/braid-bench" "$c" --sizes "$sizes" -c \
       | grep -v '#' || true
   done
 done

@@ -26,8 +26,9 @@ options:
   -e, --maxbytes SIZE        largest size (default 16M)
   -f, --stepfactor F         multiply the size by F from one row to the next (default 4, >= 2)
       --sizes LIST           exactly these sizes instead (e.g. 8,64K,1M,16M,64M)
-  -n, --iters N              timed calls per row (default 20; fewer above 16M unless given)
-  -w, --warmup_iters N       untimed calls per row first (default 5; fewer above 16M unless given)
+  -n, --iters N              timed calls per row (default 20; up to 50x more below 64K,
+                             fewer above 16M unless given)
+  -w, --warmup_iters N       untimed calls per row first (default 5; scaled as -n)
   -c, --check                check every element of every result; exit 1 if any is wrong
   -d, --datatype T           f32 (default) f64 f16 bf16 i8 u8 i32 u32 i64 u64
   -o, --op OP                sum (default) prod min max avg (avg: float types only)

@@ -106,13 +106,24 @@ pub fn bus_factor_formula(bench: Bench) -> &'static str {
 
 /// Above this size the default iteration counts shrink in proportion.
 pub const SCALE_ABOVE: u64 = 16 << 20;
+/// Below this size the default iteration counts grow in proportion (a
+/// median of a few microsecond-long samples is noise), up to
+/// [`SMALL_SIZE_FACTOR`] times.
+pub const SCALE_BELOW: u64 = 64 << 10;
+/// The most the default counts grow for small sizes.
+pub const SMALL_SIZE_FACTOR: usize = 50;
 
 /// The calls to make at `bytes`: `given` when the user set it, else
 /// `default` scaled by `SCALE_ABOVE / bytes` above [`SCALE_ABOVE`], but not
-/// below `floor`.
+/// below `floor`, and by `SCALE_BELOW / bytes` below [`SCALE_BELOW`], at
+/// most [`SMALL_SIZE_FACTOR`] times.
 pub fn scaled_iters(given: Option<usize>, default: usize, floor: usize, bytes: u64) -> usize {
     if let Some(n) = given {
         return n;
+    }
+    if bytes < SCALE_BELOW {
+        let factor = (SCALE_BELOW / bytes.max(1)).min(SMALL_SIZE_FACTOR as u64) as usize;
+        return default * factor;
     }
     if bytes <= SCALE_ABOVE {
         return default;
@@ -207,12 +218,16 @@ mod tests {
 
     #[test]
     fn large_sizes_get_fewer_calls_unless_asked() {
-        assert_eq!(scaled_iters(None, 20, 5, 8), 20);
+        assert_eq!(scaled_iters(None, 20, 5, 8), 1000);
+        assert_eq!(scaled_iters(None, 20, 5, 0), 1000);
+        assert_eq!(scaled_iters(None, 20, 5, 16 << 10), 80);
+        assert_eq!(scaled_iters(None, 20, 5, 64 << 10), 20);
         assert_eq!(scaled_iters(None, 20, 5, 16 << 20), 20);
         assert_eq!(scaled_iters(None, 20, 5, 32 << 20), 10);
         assert_eq!(scaled_iters(None, 20, 5, 1 << 30), 5);
         assert_eq!(scaled_iters(None, 5, 1, 64 << 20), 1);
         assert_eq!(scaled_iters(None, 0, 1, 64 << 20), 0);
         assert_eq!(scaled_iters(Some(50), 20, 5, 1 << 30), 50);
+        assert_eq!(scaled_iters(Some(3), 20, 5, 8), 3);
     }
 }

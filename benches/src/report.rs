@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::args::{AlgoChoice, Bench, Options, StartMode};
-use crate::layout::{bus_factor, bus_factor_formula, SCALE_ABOVE};
+use crate::layout::{bus_factor, bus_factor_formula, SCALE_ABOVE, SCALE_BELOW, SMALL_SIZE_FACTOR};
 use crate::run::{RankResult, RowSpec};
 
 /// What every row of a run shares.
@@ -193,7 +193,11 @@ pub fn header(o: &Options, transport: &str, threads: bool) -> String {
     let warmup = o.warmup.unwrap_or(crate::args::DEFAULT_WARMUP);
     let fewer = match (o.iters, o.warmup) {
         (Some(_), Some(_)) => String::new(),
-        _ => format!(" (fewer above {} unless given)", human(SCALE_ABOVE)),
+        _ => format!(
+            " (up to {SMALL_SIZE_FACTOR}x more below {}, fewer above {} unless given)",
+            human(SCALE_BELOW),
+            human(SCALE_ABOVE)
+        ),
     };
     line(format!(
         "# sizes {} to {}, factor {}; {iters} timed calls per row after {warmup} warm-up calls{fewer}",
@@ -467,7 +471,7 @@ mod tests {
         assert!(h.contains("busbw = algbw * (n-1)/n"), "{h}");
         assert!(h.contains("* = auto's choice"));
         assert!(h.contains("#wrong  algorithm"));
-        assert!(h.contains("sizes 8 B to 16 MiB, factor 4; 20 timed calls per row after 5 warm-up calls (fewer above 16 MiB unless given)"), "{h}");
+        assert!(h.contains("sizes 8 B to 16 MiB, factor 4; 20 timed calls per row after 5 warm-up calls (up to 50x more below 64 KiB, fewer above 16 MiB unless given)"), "{h}");
         assert!(h.lines().all(|l| l == l.trim_end()), "no trailing blanks");
     }
 }

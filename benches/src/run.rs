@@ -631,7 +631,9 @@ mod tests {
             ]
         );
         assert!(rows.iter().all(|r| r.auto_choice && r.forced.is_none()));
-        assert!(rows.iter().all(|r| (r.warmup, r.iters) == (5, 20)));
+        let counts: Vec<(usize, usize)> = rows.iter().map(|r| (r.warmup, r.iters)).collect();
+        // More samples of small sizes (50x at most, by 64 KiB / size).
+        assert_eq!(counts, [(250, 1000), (250, 1000), (40, 160), (5, 20)]);
     }
 
     #[test]
