@@ -847,21 +847,17 @@ impl Communicator {
     }
 
     /// The plan of this rank for `shape` and the chunk to stream it in.
-    fn plan_for(
-        &mut self,
-        call: &str,
-        shape: &Shape,
-        elem_size: usize,
-    ) -> Result<(Arc<Plan>, usize)> {
+    fn plan_for(&mut self, call: &str, shape: &Shape, elem_size: usize) -> Result<usize> {
         let forced = self.config.algorithms.get(&shape.collective).copied();
         // Loops repeat a few calls: compare with the latest ones before
-        // anything else.
-        if let Some((_, plan, chunk)) = self
+        // anything else. The plan stays there for the call (an index, not
+        // a shared pointer: no reference count to touch per call).
+        if let Some(slot) = self
             .recent_plans
             .iter()
-            .find(|(k, ..)| k.1 == elem_size && k.2 == forced && k.0 == *shape)
+            .position(|(k, ..)| k.1 == elem_size && k.2 == forced && k.0 == *shape)
         {
-            return Ok((Arc::clone(plan), *chunk));
+            return Ok(slot);
         }
         let choice = self.choice_for_call(shape, elem_size, forced)?;
         let (plan, chunk_bytes) = match self.plan_of(call, shape, elem_size, &choice) {
@@ -880,12 +876,9 @@ impl Communicator {
         if self.recent_plans.len() == RECENT_PLANS {
             self.recent_plans.remove(0);
         }
-        self.recent_plans.push((
-            (shape.clone(), elem_size, forced),
-            Arc::clone(&plan),
-            chunk_bytes,
-        ));
-        Ok((plan, chunk_bytes))
+        self.recent_plans
+            .push(((shape.clone(), elem_size, forced), plan, chunk_bytes));
+        Ok(self.recent_plans.len() - 1)
     }
 
     fn plan_of(
@@ -944,7 +937,7 @@ impl Communicator {
             self.check_root(shape.root)
                 .map_err(|e| at(e, seq, rank, size))?;
         }
-        let (plan, chunk_bytes) = self
+        let slot = self
             .plan_for(call, &shape, std::mem::size_of::<T>())
             .map_err(|e| at(e, seq, rank, size))?;
         self.seq += 1;
@@ -966,9 +959,11 @@ impl Communicator {
         };
         let op = op.unwrap_or(ReduceOp::Sum);
         let mut scratch = std::mem::take(&mut self.scratch);
+        let (_, plan, chunk_bytes) = &self.recent_plans[slot];
+        let chunk_bytes = *chunk_bytes;
         let result = run_plan(
             self.transport.as_mut(),
-            &plan,
+            plan,
             Buffers {
                 input,
                 output: &mut *output,

@@ -345,11 +345,10 @@ fn run_steps_with<T: Element>(
                 if s.sent == HEADER_BYTES + payload_len {
                     continue;
                 }
-                all_done = false;
                 if busy_stamp[s.peer] == pass {
+                    all_done = false;
                     continue;
                 }
-                busy_stamp[s.peer] = pass;
                 let payload: &[u8] = bytemuck::cast_slice(bufs.read(s.region));
                 while s.sent < HEADER_BYTES + payload_len {
                     let taken = if s.sent < HEADER_BYTES {
@@ -367,6 +366,11 @@ fn run_steps_with<T: Element>(
                     s.sent += taken;
                     progressed = true;
                 }
+                if s.sent < HEADER_BYTES + payload_len {
+                    // Still moving: later messages to this peer wait.
+                    busy_stamp[s.peer] = pass;
+                    all_done = false;
+                }
             }
             pass += 1;
             for r in recvs.iter_mut() {
@@ -374,93 +378,95 @@ fn run_steps_with<T: Element>(
                 if r.header_got == HEADER_BYTES && r.got == payload_len {
                     continue;
                 }
-                all_done = false;
                 if busy_stamp[r.peer] == pass {
+                    all_done = false;
                     continue;
                 }
-                busy_stamp[r.peer] = pass;
-                if r.header_got == 0 && payload_len <= WHOLE_MESSAGE_MAX {
-                    // A small message is taken whole when it is all there:
-                    // one transport call instead of one for the header and
-                    // one for the payload.
-                    let whole = HEADER_BYTES + payload_len;
-                    let dst = bufs.write(r.region)?;
-                    let (reduce, peer) = (r.reduce, r.peer);
-                    let mut checked = Ok(());
-                    let n = transport
-                        .recv(r.peer, whole, whole, &mut |b| {
-                            let Some(header) = b.first_chunk::<HEADER_BYTES>() else {
-                                checked = Err(internal("a transport split a whole message"));
-                                return;
-                            };
-                            checked = check_header(header, expected, peer, payload_len);
-                            if checked.is_err() {
-                                return;
-                            }
-                            let payload = &b[HEADER_BYTES..];
-                            if payload.len() != payload_len {
-                                checked = Err(internal("a transport split a whole message"));
-                            } else if reduce {
-                                reduce_bytes_into(opts.op, dst, payload);
-                            } else {
-                                bytemuck::cast_slice_mut::<T, u8>(dst).copy_from_slice(payload);
-                            }
-                        })
-                        .map_err(|e| transport_error(e, plan, step_index))?;
-                    checked?;
-                    if n == whole {
-                        r.header_got = HEADER_BYTES;
-                        r.got = payload_len;
-                        progressed = true;
-                        continue;
-                    }
-                }
-                if r.header_got < HEADER_BYTES {
-                    let (header, got) = (&mut r.header, &mut r.header_got);
-                    let n = transport
-                        .recv(r.peer, HEADER_BYTES - *got, 1, &mut |b| {
-                            header[*got..*got + b.len()].copy_from_slice(b);
-                            *got += b.len();
-                        })
-                        .map_err(|e| transport_error(e, plan, step_index))?;
-                    if n > 0 {
-                        progressed = true;
+                'this_message: {
+                    if r.header_got == 0 && payload_len <= WHOLE_MESSAGE_MAX {
+                        // A small message is taken whole when it is all there:
+                        // one transport call instead of one for the header and
+                        // one for the payload.
+                        let whole = HEADER_BYTES + payload_len;
+                        let dst = bufs.write(r.region)?;
+                        let (reduce, peer) = (r.reduce, r.peer);
+                        let mut checked = Ok(());
+                        let n = transport
+                            .recv(r.peer, whole, whole, &mut |b| {
+                                let Some(header) = b.first_chunk::<HEADER_BYTES>() else {
+                                    checked = Err(internal("a transport split a whole message"));
+                                    return;
+                                };
+                                checked = check_header(header, expected, peer, payload_len);
+                                if checked.is_err() {
+                                    return;
+                                }
+                                let payload = &b[HEADER_BYTES..];
+                                if payload.len() != payload_len {
+                                    checked = Err(internal("a transport split a whole message"));
+                                } else if reduce {
+                                    reduce_bytes_into(opts.op, dst, payload);
+                                } else {
+                                    bytemuck::cast_slice_mut::<T, u8>(dst).copy_from_slice(payload);
+                                }
+                            })
+                            .map_err(|e| transport_error(e, plan, step_index))?;
+                        checked?;
+                        if n == whole {
+                            r.header_got = HEADER_BYTES;
+                            r.got = payload_len;
+                            progressed = true;
+                            break 'this_message;
+                        }
                     }
                     if r.header_got < HEADER_BYTES {
-                        continue;
+                        let (header, got) = (&mut r.header, &mut r.header_got);
+                        let n = transport
+                            .recv(r.peer, HEADER_BYTES - *got, 1, &mut |b| {
+                                header[*got..*got + b.len()].copy_from_slice(b);
+                                *got += b.len();
+                            })
+                            .map_err(|e| transport_error(e, plan, step_index))?;
+                        if n > 0 {
+                            progressed = true;
+                        }
+                        if r.header_got < HEADER_BYTES {
+                            break 'this_message;
+                        }
+                        check_header(&r.header, expected, r.peer, payload_len)?;
                     }
-                    check_header(&r.header, expected, r.peer, payload_len)?;
-                }
-                if r.got < payload_len && !r.reduce {
-                    // A plain copy: the transport writes straight into place.
-                    let dst: &mut [u8] = bytemuck::cast_slice_mut(bufs.write(r.region)?);
-                    let n = transport
-                        .recv_into(r.peer, &mut dst[r.got..])
-                        .map_err(|e| transport_error(e, plan, step_index))?;
-                    r.got += n;
-                    progressed |= n > 0;
-                } else if r.got < payload_len {
-                    let dst = bufs.write(r.region)?;
-                    let (reduce, got) = (r.reduce, &mut r.got);
-                    let n = transport
-                        .recv(r.peer, payload_len - *got, size, &mut |b| {
-                            let at = *got / size;
-                            let d = &mut dst[at..at + b.len() / size];
-                            if reduce {
-                                reduce_bytes_into(opts.op, d, b);
-                            } else {
-                                bytemuck::cast_slice_mut::<T, u8>(d).copy_from_slice(b);
-                            }
-                            *got += b.len();
-                        })
-                        .map_err(|e| transport_error(e, plan, step_index))?;
-                    if n > 0 {
-                        progressed = true;
+                    if r.got < payload_len && !r.reduce {
+                        // A plain copy: the transport writes straight into place.
+                        let dst: &mut [u8] = bytemuck::cast_slice_mut(bufs.write(r.region)?);
+                        let n = transport
+                            .recv_into(r.peer, &mut dst[r.got..])
+                            .map_err(|e| transport_error(e, plan, step_index))?;
+                        r.got += n;
+                        progressed |= n > 0;
+                    } else if r.got < payload_len {
+                        let dst = bufs.write(r.region)?;
+                        let (reduce, got) = (r.reduce, &mut r.got);
+                        let n = transport
+                            .recv(r.peer, payload_len - *got, size, &mut |b| {
+                                let at = *got / size;
+                                let d = &mut dst[at..at + b.len() / size];
+                                if reduce {
+                                    reduce_bytes_into(opts.op, d, b);
+                                } else {
+                                    bytemuck::cast_slice_mut::<T, u8>(d).copy_from_slice(b);
+                                }
+                                *got += b.len();
+                            })
+                            .map_err(|e| transport_error(e, plan, step_index))?;
+                        if n > 0 {
+                            progressed = true;
+                        }
                     }
                 }
-                if r.got < payload_len {
+                if r.header_got < HEADER_BYTES || r.got < payload_len {
                     // Still waiting on this peer: later receives from it wait too.
-                    continue;
+                    busy_stamp[r.peer] = pass;
+                    all_done = false;
                 }
             }
             if all_done {

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# 8-byte all-reduce latency, braid against Open MPI over the same path, in
+# many short interleaved rounds (the host flips between a fast and a slow
+# state within seconds, so only neighbouring figures compare). Each line:
+# round, core ping-pong median (the state), Open MPI median, braid median,
+# Open MPI median again (µs; both harnesses: a barrier, then one timed call,
+# the slowest rank's time, median over samples).
+# Usage: benches/scripts/latency_vs_openmpi.sh N shm|tcp [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+n=${1:?usage: latency_vs_openmpi.sh N shm|tcp [rounds]}
+transport=${2:?usage: latency_vs_openmpi.sh N shm|tcp [rounds]}
+rounds=${3:-10}
+anchors=$(cd "${ANCHORS:-../shared/anchors}" && pwd)
+out=${TMPDIR:-/tmp}/braid-anchors
+mkdir -p "$out"
+gcc -O2 -pthread -o "$out/core_pingpong" "$anchors/core_pingpong.c"
+cargo build --release -q -p braid -p braid-bench
+bin=${CARGO_TARGET_DIR:-target}/release
+mpi() {
+  "$anchors/run_mpi.sh" "$n" "$transport" --ops allreduce --sizes 8 --mintime 0.15 \
+    | awk '$1 == 8 {print $4}'
+}
+braid() {
+  BRAID_TRANSPORT=$transport "$bin/braid-run" -n "$n" -- "$bin/braid-bench" all_reduce \
+    --sizes 8 -n 20000 -w 1000 | awk '$2 == 8 {print $7}'
+}
+echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus, N=$n, $transport, 8 B all_reduce"
+echo "# round  pingpong_ns  openmpi_us  braid_us  openmpi_us"
+for round in $(seq "$rounds"); do
+  state=$("$out/core_pingpong" 0 1 20000 | sed -n 's/.*median \([0-9.]*\) ns.*/\1/p')
+  echo "$round $state $(mpi) $(braid) $(mpi)"
+done
