@@ -38,7 +38,9 @@ def parse(path):
         if impl == "ompi" and len(f) >= 10 and f[0].isdigit():
             rows[(impl, rnd, op, int(f[0]))] = (float(f[3]), float(f[8]))
         elif impl == "braid" and len(f) >= 10 and f[0].isdigit():
-            rows[(impl, rnd, op, int(f[0]))] = (float(f[5]), float(f[7]))
+            # ... time [predicted] algbw busbw #wrong algorithm: busbw is
+            # third from the end (the predicted column came later).
+            rows[(impl, rnd, op, int(f[0]))] = (float(f[5]), float(f[-3]))
     return rows, fps
 
 

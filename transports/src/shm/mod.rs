@@ -747,10 +747,10 @@ impl ShmTransport {
             });
         }
         let mut lent = link.rx.pop(max, granule, sink);
-        // Wake a sleeping sender only when it can be waiting for this: space
-        // in a full ring, or window bytes read (the fence and the look at its
-        // doorbell cost more than the rest of a small receive).
-        let mut wake_sender = lent > 0 && link.rx.freed_full();
+        // Space was freed or window bytes read: the sender may be waiting
+        // for that. (Only after emptying a full ring is not enough: the
+        // sender may have found it full by a tail older than this one's.)
+        let mut wake_sender = lent > 0;
         let mut window_left = 0u64;
         if let Some((addr, start, end)) = link.incoming_window() {
             // While a window is open the sender adds nothing to the ring, so

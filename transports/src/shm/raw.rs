@@ -422,9 +422,6 @@ pub struct Consumer {
     /// For elements straddling the wrap point that are too large for the
     /// stack buffer.
     scratch: Vec<u8>,
-    /// The last `pop` took bytes out of a full ring (the producer may be
-    /// waiting for that space).
-    freed_full: bool,
     /// The last look found published bytes that are neither inline nor yet
     /// in the ring (the producer is copying them there): only then is
     /// `ring_head` worth watching.
@@ -577,7 +574,6 @@ impl Consumer {
             map,
             cap,
             scratch: Vec::new(),
-            freed_full: false,
             ring_lagging: std::cell::Cell::new(false),
         })
     }
@@ -593,7 +589,7 @@ impl Consumer {
     /// Bytes published and not yet consumed that `pop` can lend now.
     pub fn available(&self) -> usize {
         let tail = self.header().tail.0.load(Ordering::Relaxed);
-        match self.ready(tail).0 {
+        match self.ready(tail) {
             Ready::Inline { len, .. } | Ready::Ring(len) => len,
         }
     }
@@ -602,13 +598,12 @@ impl Consumer {
     /// the head's line when it holds everything published from `tail` (the
     /// usual case of a small message: no look at the ring's data), else
     /// what the ring's data area holds.
-    /// Also returns the bytes published and not consumed.
-    fn ready(&self, tail: u64) -> (Ready, usize) {
+    fn ready(&self, tail: u64) -> Ready {
         let line = &self.header().head;
         let head = line.head.load(Ordering::Acquire);
         let pending = head.wrapping_sub(tail) as usize;
         if pending == 0 {
-            return (Ready::Ring(0), 0);
+            return Ready::Ring(0);
         }
         let tag = line.inline_tag.load(Ordering::Acquire);
         let len = (tag & 0xff) as usize;
@@ -624,19 +619,18 @@ impl Consumer {
             // The seqlock's check: the words were not being rewritten.
             std::sync::atomic::fence(Ordering::Acquire);
             if line.inline_tag.load(Ordering::Relaxed) == tag {
-                let inline = Ready::Inline {
+                return Ready::Inline {
                     bytes,
                     at: len - pending,
                     len: pending,
                 };
-                return (inline, pending);
             }
         }
         let ring_head = self.header().ring_head.0.load(Ordering::Acquire);
         // Behind `tail` when inline bytes were read before their ring copy.
         let in_ring = (ring_head.wrapping_sub(tail) as i64).max(0) as usize;
         self.ring_lagging.set(in_ring < pending);
-        (Ready::Ring(in_ring), pending)
+        Ready::Ring(in_ring)
     }
 
     /// The bytes at ring position `pos` (masked), `len` of them without
@@ -656,26 +650,19 @@ impl Consumer {
         self.ring_lagging.get()
     }
 
-    /// Whether the last `pop` that lent bytes freed them from a full ring:
-    /// only then can the producer be waiting for space.
-    pub fn freed_full(&self) -> bool {
-        self.freed_full
-    }
-
     /// Lends up to `max` published bytes, whole multiples of `granule`
     /// (>= 1), straight out of the ring; then frees them (Release). Returns
     /// the bytes lent.
     pub fn pop(&mut self, max: usize, granule: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
         let g = granule.max(1);
         let tail = self.header().tail.0.load(Ordering::Relaxed);
-        let (ready, pending) = self.ready(tail);
+        let ready = self.ready(tail);
         let (Ready::Inline { len, .. } | Ready::Ring(len)) = ready;
         let mut want = len.min(max);
         want -= want % g;
         if want == 0 {
             return 0;
         }
-        self.freed_full = pending >= self.cap;
         if let Ready::Inline { bytes, at, .. } = ready {
             sink(&bytes[at..at + want]);
             self.header()

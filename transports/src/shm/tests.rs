@@ -832,3 +832,86 @@ fn streams_of_small_writes_arrive_intact() {
             .unwrap_or(got.len())
     );
 }
+
+/// Senders waiting for ring space, asleep at once (no spin), are woken by
+/// the receiver's reads (three senders to one receiver, as in a gather),
+/// also when a ring filled up while the receiver was still copying out of
+/// it: a lost wake-up would leave a sender asleep until its liveness period
+/// (100 ms) runs out.
+#[test]
+fn senders_waiting_for_space_are_woken() {
+    let sleepy = ShmOptions {
+        ring_bytes: 64 << 10,
+        spin: Some(Duration::ZERO),
+        single_copy_min: None,
+    };
+    let mut eps = group(4, job(), &sleepy);
+    let total = 16 << 20;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let senders: Vec<_> = eps
+        .drain(1..)
+        .map(|mut a| {
+            std::thread::spawn(move || {
+                let data = pattern(a.rank(), 0, total);
+                let (mut sent, mut long_waits) = (0, 0);
+                while sent < total {
+                    let n = a
+                        .send(0, &[&data[sent..(sent + 65_536).min(total)]])
+                        .unwrap();
+                    sent += n;
+                    if n == 0 {
+                        assert!(Instant::now() < deadline, "sender stalled at {sent}");
+                        let began = Instant::now();
+                        a.wait(deadline).unwrap();
+                        if began.elapsed() >= LIVENESS_PERIOD * 9 / 10 {
+                            long_waits += 1;
+                        }
+                    }
+                }
+                // Stay connected until the receiver has everything.
+                let mut done = [0u8; 1];
+                while a.recv(0, 1, 1, &mut |b| done.copy_from_slice(b)).unwrap() == 0 {
+                    assert!(Instant::now() < deadline, "no goodbye from rank 0");
+                    a.wait(deadline).unwrap();
+                }
+                long_waits
+            })
+        })
+        .collect();
+    let b = &mut eps[0];
+    let expect: Vec<Vec<u8>> = (0..4).map(|p| pattern(p, 0, total)).collect();
+    let mut got = [total, 0, 0, 0];
+    let mut step = 0;
+    while got.iter().any(|&g| g < total) {
+        let mut moved = false;
+        for p in 1..4 {
+            step += 1;
+            let max = [1 << 20, 1000, 1 << 20, 17, 1 << 20][step % 5];
+            let at = &mut got[p];
+            let n = b
+                .recv(p, max, 1, &mut |s| {
+                    assert!(
+                        s == &expect[p][*at..*at + s.len()],
+                        "corrupt bytes from {p}"
+                    );
+                    *at += s.len();
+                })
+                .unwrap();
+            moved |= n > 0;
+        }
+        if !moved {
+            assert!(Instant::now() < deadline, "receiver stalled at {got:?}");
+            b.wait(deadline).unwrap();
+        }
+    }
+    for p in 1..4 {
+        b.send(p, &[&[1]]).unwrap();
+    }
+    let long_waits: usize = senders.into_iter().map(|t| t.join().unwrap()).sum();
+    // One slow wait may be the scheduler's doing on a loaded machine; lost
+    // wake-ups come by the dozen.
+    assert!(
+        long_waits <= 1,
+        "senders slept through {long_waits} wake-ups"
+    );
+}
