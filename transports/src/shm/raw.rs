@@ -66,6 +66,9 @@ pub struct RingHeader {
     pub window_ack: Line<WindowAck>,
 }
 
+/// A large write is published in pieces of this many bytes.
+const PUBLISH_PIECE: usize = 64 << 10;
+
 /// Bytes a write of at most this many is also copied into the head's line.
 pub const INLINE_BYTES: usize = 48;
 const INLINE_WORDS: usize = INLINE_BYTES / 8;
@@ -511,13 +514,20 @@ impl Producer {
                 .store(end << 8 | wanted as u64, Ordering::Release);
             line.head.store(end, Ordering::Release);
             self.head = end;
-            self.copy_in(head, &[&bytes[..wanted]], wanted);
+            self.copy_range(head, &[&bytes[..wanted]], 0, wanted);
             self.header().ring_head.0.store(end, Ordering::Release);
             return wanted;
         }
-        let n = self.copy_in(head, parts, free);
-        if n > 0 {
-            let end = head.wrapping_add(n as u64);
+        // Published piece by piece: the consumer copies one piece out while
+        // this copies the next in (one large copy in, then one out, would
+        // take twice as long).
+        let n = wanted.min(free);
+        let mut done = 0;
+        while done < n {
+            let piece = (n - done).min(PUBLISH_PIECE);
+            self.copy_range(head, parts, done, piece);
+            done += piece;
+            let end = head.wrapping_add(done as u64);
             // ring_head first: a receiver that sees `head` reads the ring.
             self.header().ring_head.0.store(end, Ordering::Release);
             self.header().head.head.store(end, Ordering::Release);
@@ -531,15 +541,21 @@ impl Producer {
         self.head
     }
 
-    /// Copies up to `free` bytes of `parts` into the ring from stream
-    /// position `head`; returns the bytes copied (not yet published).
-    fn copy_in(&mut self, head: u64, parts: &[&[u8]], free: usize) -> usize {
+    /// Copies bytes `from..from + len` of the concatenation of `parts` (all
+    /// there) into the ring at stream position `head + from`; nothing is
+    /// published.
+    fn copy_range(&mut self, head: u64, parts: &[&[u8]], from: usize, len: usize) {
         let mask = self.cap - 1;
-        let mut n = 0usize;
+        let (mut skip, mut n) = (from, 0usize);
         for part in parts {
-            let mut src = &part[..part.len().min(free - n)];
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let mut src = &part[skip..part.len().min(skip + len - n)];
+            skip = 0;
             while !src.is_empty() {
-                let pos = (head as usize).wrapping_add(n) & mask;
+                let pos = (head as usize).wrapping_add(from + n) & mask;
                 let chunk = src.len().min(self.cap - pos);
                 // SAFETY: [pos, pos + chunk) lies in the data area (pos < cap,
                 // chunk <= cap - pos, segment holds DATA_OFFSET + cap bytes)
@@ -557,11 +573,10 @@ impl Producer {
                 n += chunk;
                 src = &src[chunk..];
             }
-            if n == free {
+            if n == len {
                 break;
             }
         }
-        n
     }
 }
 
