@@ -26,6 +26,14 @@ fn small(ring: usize) -> ShmOptions {
     }
 }
 
+/// A ring of `ring` bytes and no single copy: every byte through the ring.
+fn rings(ring: usize) -> ShmOptions {
+    ShmOptions {
+        single_copy_min: None,
+        ..small(ring)
+    }
+}
+
 /// Segments of `job` still in /dev/shm.
 fn leftovers(job_id: u64) -> Vec<String> {
     let prefix = format!("braid-{job_id:016x}-");
@@ -226,11 +234,7 @@ fn two_ranks_stream_both_ways_through_a_small_ring() {
 
 #[test]
 fn two_ranks_stream_through_the_rings_only() {
-    let opts = ShmOptions {
-        single_copy_min: None,
-        ..small(64 << 10)
-    };
-    all_pairs_with(2, 3_000_000, &opts);
+    all_pairs_with(2, 3_000_000, &rings(64 << 10));
 }
 
 #[test]
@@ -266,10 +270,7 @@ fn large_elements_straddle_the_wrap_point() {
 
 #[test]
 fn a_full_ring_refuses_more_until_drained() {
-    let rings_only = ShmOptions {
-        single_copy_min: None,
-        ..small(4096)
-    };
+    let rings_only = rings(4096);
     let mut eps = group(2, job(), &rings_only);
     let (a, b) = eps.split_at_mut(1);
     assert_eq!(a[0].send(1, &[&[7; 3000], &[8; 3000]]).unwrap(), 4096);
@@ -727,10 +728,7 @@ fn rx_header(eps: &[ShmTransport]) -> &raw::RingHeader {
 /// lent until the ring has them.
 #[test]
 fn small_writes_are_read_inline_or_from_the_ring() {
-    let rings_only = ShmOptions {
-        single_copy_min: None,
-        ..small(4096)
-    };
+    let rings_only = rings(4096);
     let mut eps = group(2, job(), &rings_only);
     let take = |eps: &mut [ShmTransport], max: usize, granule: usize| {
         let mut got = Vec::new();
@@ -780,10 +778,7 @@ fn small_writes_are_read_inline_or_from_the_ring() {
 /// sizes and granules: the stream arrives intact and in order.
 #[test]
 fn streams_of_small_writes_arrive_intact() {
-    let rings_only = ShmOptions {
-        single_copy_min: None,
-        ..small(4096)
-    };
+    let rings_only = rings(4096);
     let mut eps = group(2, job(), &rings_only);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = |bound: usize| {
