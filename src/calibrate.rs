@@ -17,8 +17,9 @@
 //!    (greedily in rank order, each with the lowest free rank it reaches by
 //!    that kind) and all pairs measure at once, as all ranks compete in a
 //!    collective: ping-pong of 8-byte messages (α: the best of 4 runs of 4
-//!    round trips, 2 runs on links slower than 1 ms), bursts of 16 one-message steps (o: the best of 3), and
-//!    messages of a size s that takes about 2 ms (1 to 16 MiB) and of s/4,
+//!    round trips, 2 runs on links slower than 1 ms), bursts of 16 messages
+//!    in one step (o, what a message costs beyond its step: the best of 3),
+//!    and messages of a size s that takes about 2 ms (1 to 16 MiB) and of s/4,
 //!    sent both ways at once as a collective's steps do (B: the slope
 //!    between their medians of 3, after one untimed).
 //!    α = round trip / 2 − o.
@@ -67,7 +68,7 @@ const CALIBRATION_SEQ: u64 = u64::MAX;
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The measuring method: cached figures of another version are measured
 /// again.
-const METHOD: &str = "3";
+const METHOD: &str = "4";
 /// Lines kept in a cache file (the newest).
 const CACHE_MAX_LINES: usize = 256;
 
@@ -639,14 +640,15 @@ impl Pair<'_, '_> {
         self.run(steps, 8)
     }
 
-    /// `k` steps of one 8-byte message (each done when the transport took
-    /// it, so they leave back to back), then an 8-byte reply.
+    /// One step of `k` 8-byte messages (they leave back to back, as a
+    /// star's root sends its messages), then an 8-byte reply: what a message
+    /// costs beyond the step it is in.
     fn burst(&mut self, k: u64) -> Result<f64> {
         let p = self.peer;
         let mut steps: Vec<Vec<Action>> = if self.initiator {
-            (0..k).map(|_| vec![send(p, 0, 8)]).collect()
+            vec![(0..k).map(|_| send(p, 0, 8)).collect()]
         } else {
-            (0..k).map(|i| vec![recv(p, 8 * i, 8)]).collect()
+            vec![(0..k).map(|i| recv(p, 8 * i, 8)).collect()]
         };
         steps.push(vec![if self.initiator {
             recv(p, 0, 8)
