@@ -748,8 +748,8 @@ impl ShmTransport {
         }
         let mut lent = link.rx.pop(max, granule, sink);
         // Space was freed or window bytes read: the sender may be waiting
-        // for that. (Only after emptying a full ring is not enough: the
-        // sender may have found it full by a tail older than this one's.)
+        // for that. (Ringing only after reading from a ring found full lost
+        // wake-ups: a ring fills up while its receiver copies out of it.)
         let mut wake_sender = lent > 0;
         let mut window_left = 0u64;
         if let Some((addr, start, end)) = link.incoming_window() {
