@@ -88,6 +88,7 @@ pub struct HeadLine {
     /// at `end`; [`INLINE_WRITING`] while they change (a seqlock: a reader
     /// checks the tag is unchanged after copying the words).
     pub inline_tag: AtomicU64,
+    /// The latest small write's bytes, little-endian words.
     pub inline: [AtomicU64; INLINE_WORDS],
 }
 
