@@ -8,6 +8,9 @@ use braid::launch::{
 };
 use braid::{Error, ErrorKind};
 
+mod common;
+use common::ranks::local_launch;
+
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
@@ -531,18 +534,6 @@ fn slurm_tasks_per_node_parse() {
 
 // ------------------------------------------------------------- the store
 
-fn info(rank: usize, size: usize, port: u16) -> LaunchInfo {
-    LaunchInfo {
-        rank,
-        size,
-        local_rank: rank,
-        local_size: size,
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        launcher: Launcher::Torchrun,
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -563,8 +554,8 @@ fn rendezvous(vars: &[(&str, &str)], port: u16) {
                 if rank == 0 {
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                let store =
-                    store_from(&info(rank, N, port), Duration::from_secs(10), vars).unwrap();
+                let store = store_from(&local_launch(rank, N, port), Duration::from_secs(10), vars)
+                    .unwrap();
                 store.set(&format!("addr/{rank}"), &[rank as u8]).unwrap();
                 let keys: Vec<String> = (0..N).map(|r| format!("addr/{r}")).collect();
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -608,7 +599,7 @@ fn file_store_from_env() {
 fn store_from_env_rejects_bad_settings() {
     let bad = |vars: &[(&str, &str)]| {
         let map = env(vars);
-        match store_from(&info(1, 2, 1), Duration::from_millis(100), &|n| {
+        match store_from(&local_launch(1, 2, 1), Duration::from_millis(100), &|n| {
             map.get(n).cloned()
         }) {
             Ok(_) => panic!("expected an error for {vars:?}"),

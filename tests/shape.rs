@@ -6,12 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use braid::launch::{LaunchInfo, Launcher};
 use braid::store::MemoryStore;
 use braid::{local_group_with, Algorithm, Collective, Communicator, Config, ErrorKind, ReduceOp};
 use braid_topologies::{price_call, Counts, Injection, Network, PlanOptions, Shape};
 use braid_transports::local::{endpoints, DEFAULT_PAIR_CAPACITY};
 use braid_transports::shape::{LinkShape, Ports, ShapedTransport};
+use common::ranks::local_launch;
 use common::{sweep_comm, MOVING, REDUCING};
 
 /// Runs `f` on every rank of an in-process group of `n` whose links are
@@ -170,18 +170,6 @@ fn a_shaped_all_reduce_is_no_faster_than_the_model() {
     }
 }
 
-fn info(rank: usize, size: usize) -> LaunchInfo {
-    LaunchInfo {
-        rank,
-        size,
-        local_rank: rank,
-        local_size: size,
-        master_addr: "127.0.0.1".into(),
-        master_port: 1,
-        launcher: Launcher::Torchrun,
-    }
-}
-
 /// The only test that sets `BRAID_SHAPE` (the others build shaped groups by
 /// hand, so they do not race with it).
 #[test]
@@ -195,7 +183,7 @@ fn braid_shape_reaches_local_groups_and_connect() {
         assert!(e.to_string().contains(part), "{e}");
     }
     let start = Instant::now();
-    let e = Communicator::connect(&info(1, 2), &MemoryStore::new(), config())
+    let e = Communicator::connect(&local_launch(1, 2, 1), &MemoryStore::new(), config())
         .err()
         .unwrap();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
@@ -225,7 +213,8 @@ fn braid_shape_reaches_local_groups_and_connect() {
             .map(|rank| {
                 let store = store.clone();
                 s.spawn(move || {
-                    let mut comm = Communicator::connect(&info(rank, 2), &store, config()).unwrap();
+                    let mut comm =
+                        Communicator::connect(&local_launch(rank, 2, 1), &store, config()).unwrap();
                     let start = Instant::now();
                     let mut x = [rank as u32 + 1; 3];
                     comm.all_reduce_in_place(&mut x, ReduceOp::Sum).unwrap();

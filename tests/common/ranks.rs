@@ -7,6 +7,20 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Rank `rank` of `size`, all on this host, as torchrun describes them,
+/// with the store at 127.0.0.1:`port`.
+pub fn local_launch(rank: usize, size: usize, port: u16) -> braid::launch::LaunchInfo {
+    braid::launch::LaunchInfo {
+        rank,
+        size,
+        local_rank: rank,
+        local_size: size,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        launcher: braid::launch::Launcher::Torchrun,
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
