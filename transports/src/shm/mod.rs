@@ -402,6 +402,10 @@ pub struct ShmTransport {
     /// only now and then (the peers are likely descheduled: cores are shared
     /// or oversubscribed).
     spin_misses: u32,
+    /// Sleeps that ran to their timeout though something they waited for
+    /// had changed (a lost wake-up); for the tests.
+    #[cfg(test)]
+    missed_wakes: u32,
     last_liveness: Instant,
     single_copy_min: Option<usize>,
     /// Where a receiver's reads of peers' memory land (allocated on first use).
@@ -562,6 +566,8 @@ pub fn connect(
         own_bell,
         seen: vec![0; size],
         spin_misses: 0,
+        #[cfg(test)]
+        missed_wakes: 0,
         last_liveness: Instant::now(),
         single_copy_min: opts.single_copy_min,
         bounce: Vec::new(),
@@ -1065,12 +1071,19 @@ impl Transport for ShmTransport {
             std::sync::atomic::fence(Ordering::SeqCst);
             let moved = self.moved();
             let bell = &self.own_bell.bell_header().bell.0;
-            if !moved {
+            let timed_out = !moved && {
                 let timeout = (deadline - now).min(LIVENESS_PERIOD);
-                raw::futex_wait(&bell.seq, s, timeout);
-            }
+                raw::futex_wait(&bell.seq, s, timeout)
+            };
             bell.sleeping.fetch_sub(1, Ordering::SeqCst);
             if moved || self.moved() {
+                // Something changed while this slept to its timeout: a
+                // peer that changed it did not ring.
+                #[cfg(test)]
+                if timed_out {
+                    self.missed_wakes += 1;
+                }
+                let _ = timed_out;
                 return Ok(());
             }
         }

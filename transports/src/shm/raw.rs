@@ -337,15 +337,16 @@ pub fn unlink(name: &str) {
 }
 
 /// Sleeps while `word` holds `expected`, at most `timeout` (spurious
-/// returns are possible). Works across processes (no FUTEX_PRIVATE_FLAG).
-pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+/// returns are possible); true if the timeout ended it. Works across
+/// processes (no FUTEX_PRIVATE_FLAG).
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> bool {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `word` is a live, aligned u32 (in shared memory); `ts` lives
     // across the call; FUTEX_WAIT only reads both.
-    unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
@@ -356,6 +357,7 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
             0u32,
         )
     };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT)
 }
 
 /// Wakes every thread sleeping on `word`.

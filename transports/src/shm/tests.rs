@@ -841,14 +841,14 @@ fn senders_waiting_for_space_are_woken() {
         single_copy_min: None,
     };
     let mut eps = group(4, job(), &sleepy);
-    let total = 16 << 20;
+    let total = 64 << 20;
     let deadline = Instant::now() + Duration::from_secs(60);
     let senders: Vec<_> = eps
         .drain(1..)
         .map(|mut a| {
             std::thread::spawn(move || {
                 let data = pattern(a.rank(), 0, total);
-                let (mut sent, mut long_waits) = (0, 0);
+                let mut sent = 0;
                 while sent < total {
                     let n = a
                         .send(0, &[&data[sent..(sent + 65_536).min(total)]])
@@ -856,11 +856,7 @@ fn senders_waiting_for_space_are_woken() {
                     sent += n;
                     if n == 0 {
                         assert!(Instant::now() < deadline, "sender stalled at {sent}");
-                        let began = Instant::now();
                         a.wait(deadline).unwrap();
-                        if began.elapsed() >= LIVENESS_PERIOD * 9 / 10 {
-                            long_waits += 1;
-                        }
                     }
                 }
                 // Stay connected until the receiver has everything.
@@ -869,7 +865,7 @@ fn senders_waiting_for_space_are_woken() {
                     assert!(Instant::now() < deadline, "no goodbye from rank 0");
                     a.wait(deadline).unwrap();
                 }
-                long_waits
+                a.missed_wakes
             })
         })
         .collect();
@@ -902,11 +898,9 @@ fn senders_waiting_for_space_are_woken() {
     for p in 1..4 {
         b.send(p, &[&[1]]).unwrap();
     }
-    let long_waits: usize = senders.into_iter().map(|t| t.join().unwrap()).sum();
-    // One slow wait may be the scheduler's doing on a loaded machine; lost
-    // wake-ups come by the dozen.
-    assert!(
-        long_waits <= 1,
-        "senders slept through {long_waits} wake-ups"
-    );
+    let missed: u32 = senders.into_iter().map(|t| t.join().unwrap()).sum();
+    // A sleep that runs to its 100 ms timeout though its ring's tail had
+    // moved is a lost wake-up (not a slow scheduler: a reader that runs at
+    // all rings right after it reads).
+    assert_eq!(missed, 0, "senders slept through {missed} wake-ups");
 }
