@@ -46,8 +46,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use braid_topologies::cost::DEFAULT_BUFFER_BYTES;
 use braid_topologies::{
-    generate, Action, Algorithm, BufferId, Collective, Counts, Hosts, Injection, Link, Network,
-    Plan, PlanOptions, Region, Shape,
+    generate, Action, Algorithm, BufferId, Collective, Counts, Hosts, Injection, LatencyCurve,
+    Link, Network, Plan, PlanOptions, Region, Shape,
 };
 use braid_transports::Transport;
 
@@ -68,7 +68,7 @@ const CALIBRATION_SEQ: u64 = u64::MAX;
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The measuring method: cached figures of another version are measured
 /// again.
-const METHOD: &str = "4";
+const METHOD: &str = "5";
 /// Lines kept in a cache file (the newest).
 const CACHE_MAX_LINES: usize = 256;
 
@@ -127,6 +127,14 @@ pub struct LinkFigures {
     pub bandwidth: f64,
     /// Per-message overhead o in seconds.
     pub overhead: f64,
+    /// What a call costs besides its steps, in seconds (entering and
+    /// leaving, setting its plan up): a round trip alone against one of
+    /// four in a row. 0 when not measured.
+    pub call_overhead: f64,
+    /// Latency by message size, measured at [`CURVE_BYTES`] on links fast
+    /// enough for it (round trips under [`CURVE_MAX_RTT`]); `None` when not
+    /// measured (slow links, `BRAID_LINK`, defaults): `alpha` for all.
+    pub curve: Option<LatencyCurve>,
     /// Where they came from.
     pub source: Source,
     /// Ordered pairs of ranks joined by this kind.
@@ -192,12 +200,21 @@ impl Calibration {
                 Injection::Unlimited => "no port limit".to_string(),
                 Injection::Limit(r) => format!("port {:.1} GB/s", r / 1e9),
             };
+            let fast = l.curve.map_or(String::new(), |c| {
+                let points: Vec<String> = c
+                    .points()
+                    .iter()
+                    .map(|(b, a)| format!("{b} B {:.2}", a * 1e6))
+                    .collect();
+                format!(" (by size: {} us)", points.join(", "))
+            });
             s.push_str(&format!(
-                "{}: alpha {:.2} us, B {:.3} GB/s, o {:.2} us, {port} ({}, {} pairs); ",
+                "{}: alpha {:.2} us{fast}, B {:.3} GB/s, o {:.2} us, call {:.2} us, {port} ({}, {} pairs); ",
                 l.kind,
                 l.alpha * 1e6,
                 l.bandwidth / 1e9,
                 l.overhead * 1e6,
+                l.call_overhead * 1e6,
                 l.source.name(),
                 l.pairs
             ));
@@ -381,12 +398,7 @@ impl Entry {
     fn key(&self) -> Vec<(&str, &str)> {
         self.fields
             .iter()
-            .filter(|(k, _)| {
-                !matches!(
-                    k.as_str(),
-                    "alpha" | "bandwidth" | "overhead" | "gamma" | "copy" | "at"
-                )
-            })
+            .filter(|(k, _)| matches!(k.as_str(), "host" | "build" | "env" | "kind" | "n" | "v"))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()
     }
@@ -599,6 +611,29 @@ fn recv(peer: usize, offset: u64, len: u64) -> Action {
     }
 }
 
+/// What [`Pair::measure`] finds for one link kind.
+struct Measured {
+    alpha: f64,
+    bandwidth: f64,
+    overhead: f64,
+    call: f64,
+    /// α at each of [`CURVE_BYTES`] but the first (which is `alpha`).
+    curve: Option<[f64; CURVE_BYTES.len() - 1]>,
+}
+
+/// The payloads at which a link's latency curve is measured. Small
+/// messages differ by more than their bytes over B: shared memory carries
+/// 8 bytes in the line its receiver polls and more through a ring (on the
+/// 2-vCPU VM, slow state, one exchange took 0.40 µs at 8 B and 0.67 µs at
+/// 16 B); in the fast state 128 B took 0.28 µs and 512 B 0.89 µs, cache
+/// line after cache line, where B alone adds 0.04 µs.
+pub const CURVE_BYTES: [u64; 7] = [8, 16, 64, 256, 1 << 10, 4 << 10, 16 << 10];
+
+/// Links whose round trip is longer are not measured for a curve: there
+/// latency dwarfs what the size adds besides B, and the round trips would
+/// cost too much of the time budget.
+pub const CURVE_MAX_RTT: f64 = 100e-6;
+
 impl Pair<'_, '_> {
     fn plan(&self, steps: Vec<Vec<Action>>) -> Plan {
         let mut plan = Plan::new(
@@ -624,20 +659,20 @@ impl Pair<'_, '_> {
         self.wire.run_bytes(&plan, &self.input, &mut self.output)
     }
 
-    /// `rounds` round trips of 8 bytes; seconds on the initiator.
-    fn pings(&mut self, rounds: usize) -> Result<f64> {
+    /// `rounds` round trips of `bytes`; seconds on the initiator.
+    fn pings(&mut self, rounds: usize, bytes: u64) -> Result<f64> {
         let p = self.peer;
         let mut steps = Vec::new();
         for _ in 0..rounds {
             if self.initiator {
-                steps.push(vec![send(p, 0, 8)]);
-                steps.push(vec![recv(p, 0, 8)]);
+                steps.push(vec![send(p, 0, bytes)]);
+                steps.push(vec![recv(p, 0, bytes)]);
             } else {
-                steps.push(vec![recv(p, 0, 8)]);
-                steps.push(vec![send(p, 0, 8)]);
+                steps.push(vec![recv(p, 0, bytes)]);
+                steps.push(vec![send(p, 0, bytes)]);
             }
         }
-        self.run(steps, 8)
+        self.run(steps, bytes as usize)
     }
 
     /// One step of `k` 8-byte messages (they leave back to back, as a
@@ -692,21 +727,41 @@ impl Pair<'_, '_> {
     /// The whole measurement; figures on the initiator, `None` on the
     /// responder. Both sides run the same sequence of plans; the one size
     /// the initiator picks from what it measured travels by [`Pair::tell`].
-    fn measure(&mut self) -> Result<Option<(f64, f64, f64)>> {
+    fn measure(&mut self) -> Result<Option<Measured>> {
         const BURST: u64 = 16;
         // Two untimed round trips; on slow links (over 1 ms) half the runs,
         // to stay within the time budget.
-        let warm = self.pings(2)? / 2.0;
+        let warm = self.pings(2, 8)? / 2.0;
         let runs = self.tell(if warm > 1e-3 { 2 } else { 4 })?;
         let mut rtt = f64::INFINITY;
         for _ in 0..runs {
-            rtt = rtt.min(self.pings(4)? / 4.0);
+            rtt = rtt.min(self.pings(4, 8)? / 4.0);
+        }
+        // What a call costs besides its steps: one round trip alone takes
+        // rtt + c, a round trip of four rtt + c/4.
+        let mut single = f64::INFINITY;
+        for _ in 0..runs {
+            single = single.min(self.pings(1, 8)?);
+        }
+        let call = ((single - rtt) * 4.0 / 3.0).max(0.0);
+        let rtt = rtt - call / 4.0;
+        // The latency curve: round trips of the other sizes, the best of
+        // as many runs (the initiator decides from its warm-up).
+        let with_curve = self.tell(u64::from(warm < CURVE_MAX_RTT))? == 1;
+        let mut rtt_at = [f64::INFINITY; CURVE_BYTES.len() - 1];
+        if with_curve {
+            for (t, &bytes) in rtt_at.iter_mut().zip(&CURVE_BYTES[1..]) {
+                self.pings(1, bytes)?;
+                for _ in 0..runs {
+                    *t = t.min(self.pings(4, bytes)? / 4.0);
+                }
+            }
         }
         let mut burst = f64::INFINITY;
         for _ in 0..3 {
             burst = burst.min(self.burst(BURST)?);
         }
-        let overhead = ((burst - rtt) / BURST as f64).max(0.0);
+        let overhead = ((burst - call - rtt) / BURST as f64).max(0.0);
         // A probe sizes the bandwidth message to about 2 ms (1 to 16 MiB).
         let probe = 256u64 << 10;
         let t = self.stream(probe)?;
@@ -739,7 +794,24 @@ impl Pair<'_, '_> {
         };
         let bandwidth = (1.0 / per_byte).min(1e13);
         let alpha = (rtt / 2.0 - overhead).max(rtt * 0.1).max(1e-8);
-        Ok(Some((alpha, bandwidth, overhead)))
+        // Each size's α: half its round trip less o and its bytes at B.
+        let curve = with_curve.then(|| {
+            let mut a = [0f64; CURVE_BYTES.len() - 1];
+            for ((a, t), &bytes) in a.iter_mut().zip(rtt_at).zip(&CURVE_BYTES[1..]) {
+                let t = t - call / 4.0;
+                *a = (t / 2.0 - overhead - bytes as f64 * per_byte)
+                    .max(t * 0.1)
+                    .max(1e-8);
+            }
+            a
+        });
+        Ok(Some(Measured {
+            alpha,
+            bandwidth,
+            overhead,
+            call,
+            curve,
+        }))
     }
 }
 
@@ -779,12 +851,15 @@ fn measure_reduce() -> (f64, f64) {
 // ---------------------------------------------------------------------------
 
 /// Rank 0's decision for every link kind code and for γ: [source code,
-/// alpha, bandwidth, overhead] per kind (source 0: measure), then
+/// alpha, bandwidth, overhead, call overhead, then α at each of
+/// [`CURVE_BYTES`] but the first (all 0: no curve)] per kind (source 0:
+/// measure), then
 /// [source, gamma, copy], then the port mode per kind ([`port_mode`]),
 /// then [source, bytes per second] of the host bus (0 bytes per second:
 /// none).
 const DECISION: usize = BUS_AT + 2;
-const PORTS_AT: usize = SLOTS * 4 + 3;
+const LINK_WIDTH: usize = 4 + CURVE_BYTES.len();
+const PORTS_AT: usize = SLOTS * LINK_WIDTH + 3;
 const BUS_AT: usize = PORTS_AT + SLOTS;
 
 /// The link kinds of a row of kind codes, joined by `+` (the host bus's
@@ -820,7 +895,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
         _ => Vec::new(),
     };
     for (code, kind) in LINK_KINDS.iter().enumerate() {
-        let slot = &mut d[code * 4..code * 4 + 4];
+        let slot = &mut d[code * LINK_WIDTH..code * LINK_WIDTH + LINK_WIDTH];
         let (_, _, default_o) = default_link(kind);
         let given = config.links.get(*kind).or_else(|| config.links.get("*"));
         if let Some(LinkSpec {
@@ -829,7 +904,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
             overhead,
         }) = given
         {
-            slot.copy_from_slice(&[
+            slot[..4].copy_from_slice(&[
                 Source::Override.code(),
                 *alpha,
                 *bandwidth,
@@ -837,23 +912,26 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
             ]);
         } else if config.calibrate == Calibrate::Off {
             let (a, b, o) = default_link(kind);
-            slot.copy_from_slice(&[Source::Default.code(), a, b, o]);
+            slot[..4].copy_from_slice(&[Source::Default.code(), a, b, o]);
         } else if let Some(e) = lookup(&cache, &link_key(kind, nranks)) {
-            match (
+            if let (Some(a), Some(b), Some(o)) = (
                 e.number("alpha"),
                 e.number("bandwidth"),
                 e.number("overhead"),
             ) {
-                (Some(a), Some(b), Some(o)) if b > 0.0 => {
-                    slot.copy_from_slice(&[Source::Cached.code(), a, b, o])
+                if b > 0.0 {
+                    slot[..4].copy_from_slice(&[Source::Cached.code(), a, b, o]);
+                    slot[4] = e.number("call").unwrap_or(0.0);
+                    if let Some(curve) = e.fields.get("curve").and_then(|c| parse_curve(c)) {
+                        slot[5..].copy_from_slice(&curve);
+                    }
                 }
-                _ => {}
             }
         }
     }
     for (code, kind) in LINK_KINDS.iter().enumerate() {
         // BRAID_LINK describes a network link: one port at its rate.
-        d[PORTS_AT + code] = if d[code * 4] == Source::Override.code() {
+        d[PORTS_AT + code] = if d[code * LINK_WIDTH] == Source::Override.code() {
             0.0
         } else {
             port_mode(kind)
@@ -874,7 +952,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
             None => 0.0,
         }
     };
-    let r = &mut d[SLOTS * 4..PORTS_AT];
+    let r = &mut d[SLOTS * LINK_WIDTH..PORTS_AT];
     if config.calibrate == Calibrate::Off {
         r.copy_from_slice(&[Source::Default.code(), DEFAULT_GAMMA, DEFAULT_COPY]);
     } else if let Some(e) = lookup(&cache, &reduce_key()) {
@@ -970,14 +1048,14 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     // collective, where all of them compete for the cores and memory).
     let mut measured = vec![0f64; DECISION];
     let mut any = false;
-    let gamma_unknown = decision[SLOTS * 4] == 0.0;
+    let gamma_unknown = decision[SLOTS * LINK_WIDTH] == 0.0;
     if gamma_unknown && size > 1 {
         any = true;
         let (g, c) = measure_reduce();
-        measured[SLOTS * 4..PORTS_AT].copy_from_slice(&[Source::Measured.code(), g, c]);
+        measured[SLOTS * LINK_WIDTH..PORTS_AT].copy_from_slice(&[Source::Measured.code(), g, c]);
     }
     for code in 0..SLOTS {
-        if pairs[code] == 0 || decision[code * 4] != 0.0 {
+        if pairs[code] == 0 || decision[code * LINK_WIDTH] != 0.0 {
             continue;
         }
         any = true;
@@ -990,13 +1068,18 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 input: Vec::new(),
                 output: Vec::new(),
             };
-            if let Some((a, b, o)) = pair.measure()? {
-                measured[code * 4..code * 4 + 4].copy_from_slice(&[
+            if let Some(m) = pair.measure()? {
+                let slot = &mut measured[code * LINK_WIDTH..code * LINK_WIDTH + LINK_WIDTH];
+                slot[..4].copy_from_slice(&[
                     Source::Measured.code(),
-                    a,
-                    b,
-                    o,
+                    m.alpha,
+                    m.bandwidth,
+                    m.overhead,
                 ]);
+                slot[4] = m.call;
+                if let Some(curve) = m.curve {
+                    slot[5..].copy_from_slice(&curve);
+                }
             }
         }
     }
@@ -1019,10 +1102,10 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         if pairs[code] == 0 {
             continue;
         }
-        let from = if decision[code * 4] != 0.0 {
-            &decision[code * 4..code * 4 + 4]
+        let from = if decision[code * LINK_WIDTH] != 0.0 {
+            &decision[code * LINK_WIDTH..code * LINK_WIDTH + LINK_WIDTH]
         } else {
-            &agreed[code * 4..code * 4 + 4]
+            &agreed[code * LINK_WIDTH..code * LINK_WIDTH + LINK_WIDTH]
         };
         let source = Source::from_code(from[0]).unwrap_or(Source::Default);
         let (da, db, d_o) = default_link(LINK_KINDS[code]);
@@ -1032,12 +1115,32 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         } else {
             (da, db, d_o)
         };
+        let call_overhead = if ok && from[4].is_finite() {
+            from[4].max(0.0)
+        } else {
+            0.0
+        };
+        let curve = if ok && from[5..].iter().all(|a| *a > 0.0 && a.is_finite()) {
+            let points: Vec<(f64, f64)> = CURVE_BYTES
+                .iter()
+                .zip(std::iter::once(&alpha).chain(&from[5..]))
+                .map(|(&b, &a)| (b as f64, a))
+                .collect();
+            LatencyCurve::new(&points).ok()
+        } else {
+            None
+        };
         if source == Source::Measured && ok {
             let mut e = link_key(LINK_KINDS[code], size);
             e.fields.insert("alpha".into(), format!("{alpha:e}"));
             e.fields
                 .insert("bandwidth".into(), format!("{bandwidth:e}"));
             e.fields.insert("overhead".into(), format!("{overhead:e}"));
+            e.fields.insert("call".into(), format!("{call_overhead:e}"));
+            if curve.is_some() {
+                let text: Vec<String> = from[5..].iter().map(|a| format!("{a:e}")).collect();
+                e.fields.insert("curve".into(), text.join("/"));
+            }
             e.fields.insert("at".into(), now_secs().to_string());
             new_entries.push(e);
         }
@@ -1046,6 +1149,8 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             alpha,
             bandwidth,
             overhead,
+            call_overhead,
+            curve,
             source,
             pairs: pairs[code],
             // The copy rate is known below.
@@ -1056,10 +1161,10 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             },
         });
     }
-    let r = if decision[SLOTS * 4] != 0.0 {
-        &decision[SLOTS * 4..PORTS_AT]
+    let r = if decision[SLOTS * LINK_WIDTH] != 0.0 {
+        &decision[SLOTS * LINK_WIDTH..PORTS_AT]
     } else {
-        &agreed[SLOTS * 4..PORTS_AT]
+        &agreed[SLOTS * LINK_WIDTH..PORTS_AT]
     };
     let (reduce_source, gamma, copy) = match Source::from_code(r[0]) {
         Some(s) if r[1] > 0.0 && r[2] > 0.0 => (s, r[1], r[2]),
@@ -1157,6 +1262,21 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         network,
         elapsed: start.elapsed(),
     })
+}
+
+/// The α values of a cached `curve` field (`a/a/…`, one per size of
+/// [`CURVE_BYTES`] but the first); `None` unless all are there and valid.
+fn parse_curve(text: &str) -> Option<[f64; CURVE_BYTES.len() - 1]> {
+    let mut curve = [0f64; CURVE_BYTES.len() - 1];
+    let mut parts = text.split('/');
+    for a in curve.iter_mut() {
+        *a = parts
+            .next()?
+            .parse()
+            .ok()
+            .filter(|a: &f64| *a > 0.0 && a.is_finite())?;
+    }
+    parts.next().is_none().then_some(curve)
 }
 
 /// The ranks of each host (by host hash), each group in rank order, groups
@@ -1268,9 +1388,9 @@ fn medians(every: &[f64], size: usize) -> Vec<f64> {
         }
     };
     for code in 0..SLOTS {
-        pick(code * 4, 4);
+        pick(code * LINK_WIDTH, LINK_WIDTH);
     }
-    pick(SLOTS * 4, 3);
+    pick(SLOTS * LINK_WIDTH, 3);
     agreed
 }
 
@@ -1312,8 +1432,15 @@ fn build_network(
     copy: f64,
     chunk: u64,
 ) -> Network {
-    let link = |l: &LinkFigures| Link::new(l.alpha, l.bandwidth).with_injection(l.injection);
+    let link = |l: &LinkFigures| {
+        let link = Link::new(l.alpha, l.bandwidth).with_injection(l.injection);
+        match l.curve {
+            Some(c) => link.with_curve(c),
+            None => link,
+        }
+    };
     let overhead = links.iter().map(|l| l.overhead).fold(0.0, f64::max);
+    let call = links.iter().map(|l| l.call_overhead).fold(0.0, f64::max);
     let base = |l: Link| Network {
         inter: l,
         intra: l,
@@ -1321,6 +1448,7 @@ fn build_network(
             .with_gamma(gamma)
             .with_copy(copy)
             .with_overhead(overhead)
+            .with_call_overhead(call)
             .with_pipeline_bytes(chunk)
             .with_buffer_bytes(DEFAULT_BUFFER_BYTES)
     };
@@ -1376,6 +1504,8 @@ mod tests {
             alpha,
             bandwidth: 1e9,
             overhead: 1e-7,
+            call_overhead: 0.0,
+            curve: None,
             source: Source::Default,
             pairs,
             injection: Injection::Link,
@@ -1427,6 +1557,23 @@ mod tests {
         assert_eq!(kinds_name(&row), "shm+tcp");
         assert_ne!(bus_key("shm", 4).key(), bus_key("tcp", 4).key());
         assert_ne!(bus_key("shm", 4).key(), bus_key("shm", 8).key());
+    }
+
+    #[test]
+    fn cached_curves_read_back_exactly_or_not_at_all() {
+        let curve = [1.5e-7, 2e-7, 3.25e-7, 4e-7, 5e-7, 6.125e-7];
+        let text: Vec<String> = curve.iter().map(|a| format!("{a:e}")).collect();
+        assert_eq!(parse_curve(&text.join("/")), Some(curve));
+        for bad in [
+            "",
+            "1e-7/2e-7",
+            "1e-7/2e-7/3e-7/4e-7/5e-7/6e-7/7e-7",
+            "1e-7/2e-7/x/4e-7/5e-7/6e-7",
+            "1e-7/2e-7/0/4e-7/5e-7/6e-7",
+            "1e-7/2e-7/inf/4e-7/5e-7/6e-7",
+        ] {
+            assert_eq!(parse_curve(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use braid::calibrate::Source;
+use braid::calibrate::{Source, CURVE_BYTES};
 use braid::select::{model_choice, ChosenBy};
 use braid::{
     run_local, Algorithm, Calibrate, Collective, Communicator, Config, DType, LinkSpec, ReduceOp,
@@ -207,6 +207,18 @@ fn calibration_is_cached_and_reused() {
         "{text}"
     );
     assert!(text.contains("gamma="), "{text}");
+    // Latency by size where the link is fast enough to measure it (the
+    // cache keeps it: the network below is the same, exactly).
+    let link = &first.links[0];
+    assert!(link.call_overhead >= 0.0 && link.call_overhead.is_finite());
+    assert_eq!(link.curve.is_some(), text.contains("curve="), "{text}");
+    if let Some(curve) = &link.curve {
+        let sizes: Vec<f64> = curve.points().iter().map(|p| p.0).collect();
+        let want: Vec<f64> = CURVE_BYTES.iter().map(|&b| b as f64).collect();
+        assert_eq!(sizes, want);
+        assert_eq!(curve.points()[0].1, link.alpha);
+        assert!(curve.points().iter().all(|p| p.1 > 0.0));
+    }
 
     let second = calibrate(cfg.clone());
     assert_eq!(second.links[0].source, Source::Cached);
@@ -237,6 +249,11 @@ fn link_figures_from_the_config_replace_measuring() {
     let cfg = config("link").with_link("*", LinkSpec::new(20.0, 10.0));
     let cals = run_local(4, cfg, |comm| {
         let cal = comm.calibrate().unwrap().clone();
+        // Given figures: one latency for every size, no call cost.
+        assert!(cal
+            .links
+            .iter()
+            .all(|l| l.curve.is_none() && l.call_overhead == 0.0));
         // Predictions: positive, and longer for more bytes.
         for c in Collective::ALL {
             for &a in c.algorithms() {

@@ -12,8 +12,8 @@
 use braid_topologies::cost::pipelines;
 use braid_topologies::{
     even_blocks, generate, lower_bound, price, price_call, price_call_within, tune, Action,
-    Algorithm, BufferId, Collective, CostError, Counts, Estimate, Hosts, Injection, Link, Network,
-    Plan, PlanOptions, Region, Shape, Step, TuneOptions,
+    Algorithm, BufferId, Collective, CostError, Counts, Estimate, Hosts, Injection, LatencyCurve,
+    Link, Network, Plan, PlanOptions, Region, Shape, Step, TuneOptions,
 };
 
 const ALPHA: f64 = 5e-6;
@@ -121,7 +121,36 @@ fn ring_all_reduce_charges_copies_and_per_message_overhead() {
             (nf - 1.0) * (s / nf) * copy,
             "copy term",
         );
+        // A per-call cost comes once, on every rank, as latency.
+        let call = 3e-6;
+        let c = priced(
+            Algorithm::Ring,
+            &single(Collective::AllReduce, n, count),
+            0,
+            &net.clone().with_call_overhead(call),
+        );
+        close(c.time, want + call, &format!("with a call cost, N={n}"));
+        close(
+            c.critical_path.latency,
+            e.critical_path.latency + call,
+            "call cost as latency",
+        );
+        for (with, without) in c.rank_finish.iter().zip(&e.rank_finish) {
+            close(*with, without + call, "every rank pays the call");
+        }
     }
+    let mut bad = net();
+    bad.call_overhead = -1.0;
+    assert!(matches!(
+        price_call(
+            Algorithm::Ring,
+            &single(Collective::AllReduce, 2, 8),
+            &PlanOptions::default(),
+            &bad,
+            ELEM
+        ),
+        Err(CostError::Network(_))
+    ));
 }
 
 #[test]
@@ -375,6 +404,60 @@ fn rabenseifner_all_reduce_folds_extra_ranks() {
     let e = priced(Algorithm::HalvingDoubling, &shape, 0, &buffered());
     assert!(e.time > want * (1.0 + 1e-9) && e.time <= want + 0.5 * s / BW * (1.0 + 1e-9));
     assert!(e.critical_path.contention > 0.0);
+}
+
+#[test]
+fn latency_follows_the_curve_of_message_sizes() {
+    // α by payload: 1 µs up to 8 B (shared memory's inline writes), 3 µs at
+    // 64 B, then linear up to α at 4 KiB and flat beyond. A ring all-gather
+    // pays α(block) on each of its N−1 steps.
+    let curve = LatencyCurve::new(&[(8.0, 1e-6), (64.0, 3e-6), (4096.0, ALPHA)]).unwrap();
+    let at = |b: f64| {
+        if b <= 8.0 {
+            1e-6
+        } else if b <= 64.0 {
+            1e-6 + 2e-6 * (b - 8.0) / 56.0
+        } else if b <= 4096.0 {
+            3e-6 + (ALPHA - 3e-6) * (b - 64.0) / 4032.0
+        } else {
+            ALPHA
+        }
+    };
+    for (n, base) in [2usize, 3, 8]
+        .into_iter()
+        .flat_map(|n| both().map(|m| (n, m)))
+    {
+        let nf = n as f64;
+        let mut net = base;
+        net.inter = net.inter.with_curve(curve);
+        net.intra = net.inter;
+        for per_rank in [1u64, 2, 3, 16, 36, 1000, 2000] {
+            let b = (per_rank * ELEM) as f64;
+            close(curve.alpha_at(b), at(b), &format!("the curve at {b} B"));
+            let e = priced(
+                Algorithm::Ring,
+                &blocks(Collective::AllGather, n, per_rank),
+                0,
+                &net,
+            );
+            let what = format!("ring all_gather N={n}, {per_rank} elements per rank");
+            close(e.time, (nf - 1.0) * (at(b) + b / BW), &what);
+            close(e.critical_path.latency, (nf - 1.0) * at(b), &what);
+        }
+    }
+    for bad in [
+        &[][..],
+        &[(64.0, 1e-6), (8.0, 1e-6)],
+        &[(8.0, 1e-6), (8.0, 2e-6)],
+        &[(8.0, f64::NAN)],
+        &[(-1.0, 1e-6)],
+        &[(1.0, 1e-6); 9],
+    ] {
+        assert!(
+            matches!(LatencyCurve::new(bad), Err(CostError::Network(_))),
+            "{bad:?} accepted"
+        );
+    }
 }
 
 #[test]
@@ -703,6 +786,17 @@ fn pruned_tuning_chooses_as_the_exhaustive_one() {
             .with_gamma(GAMMA)
             .with_overhead(1e-6),
         Network::uniform(2e-6, 12.5e9).with_overhead(0.2e-6),
+        {
+            // Shared memory as calibrated: latency by size, a call cost.
+            let mut shm = Network::uniform(0.2e-6, 10e9)
+                .with_overhead(0.1e-6)
+                .with_call_overhead(0.3e-6);
+            let curve =
+                LatencyCurve::new(&[(8.0, 0.1e-6), (64.0, 0.3e-6), (16384.0, 0.2e-6)]).unwrap();
+            shm.inter = shm.inter.with_curve(curve);
+            shm.intra = shm.inter;
+            shm
+        },
     ];
     let full = TuneOptions {
         exhaustive: true,
