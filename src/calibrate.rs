@@ -593,6 +593,8 @@ struct Pair<'w, 'a> {
     wire: &'w mut Wire<'a>,
     peer: usize,
     initiator: bool,
+    /// This rank's host runs more ranks than it has cores.
+    crowded: bool,
     input: Vec<u8>,
     output: Vec<u8>,
 }
@@ -733,28 +735,40 @@ impl Pair<'_, '_> {
         // to stay within the time budget.
         let warm = self.pings(2, 8)? / 2.0;
         let runs = self.tell(if warm > 1e-3 { 2 } else { 4 })?;
+        // Each run: four round trips in one plan and one alone. What a
+        // call costs besides its steps shows in their difference (one
+        // alone takes rtt + c, one of four rtt + c/4). Differences come
+        // from back-to-back plans, which met the same scheduling: with more
+        // ranks than cores, the best of runs picks a lucky moment, and
+        // figures picked at different moments do not fit together.
         let mut rtt = f64::INFINITY;
+        let mut calls = Vec::with_capacity(runs as usize);
         for _ in 0..runs {
-            rtt = rtt.min(self.pings(4, 8)? / 4.0);
+            let four = self.pings(4, 8)? / 4.0;
+            let one = self.pings(1, 8)?;
+            rtt = rtt.min(four);
+            calls.push((one - four) * 4.0 / 3.0);
         }
-        // What a call costs besides its steps: one round trip alone takes
-        // rtt + c, a round trip of four rtt + c/4.
-        let mut single = f64::INFINITY;
-        for _ in 0..runs {
-            single = single.min(self.pings(1, 8)?);
-        }
-        let call = ((single - rtt) * 4.0 / 3.0).max(0.0);
-        let rtt = rtt - call / 4.0;
-        // The latency curve: round trips of the other sizes, the best of
-        // as many runs (the initiator decides from its warm-up).
-        let with_curve = self.tell(u64::from(warm < CURVE_MAX_RTT))? == 1;
-        let mut rtt_at = [f64::INFINITY; CURVE_BYTES.len() - 1];
+        let call = if self.crowded {
+            0.0
+        } else {
+            middle(&mut calls).max(0.0)
+        };
+        let rtt = (rtt - call / 4.0).max(rtt * 0.25);
+        // The latency curve: how much longer a round trip of each size is
+        // than one of 8 bytes run just before it (the median of the runs;
+        // the initiator decides from its warm-up whether to measure it).
+        let with_curve = self.tell(u64::from(warm < CURVE_MAX_RTT && !self.crowded))? == 1;
+        let mut longer = [0f64; CURVE_BYTES.len() - 1];
         if with_curve {
-            for (t, &bytes) in rtt_at.iter_mut().zip(&CURVE_BYTES[1..]) {
+            for (d, &bytes) in longer.iter_mut().zip(&CURVE_BYTES[1..]) {
                 self.pings(1, bytes)?;
+                let mut runs_d = Vec::with_capacity(runs as usize);
                 for _ in 0..runs {
-                    *t = t.min(self.pings(4, bytes)? / 4.0);
+                    let base = self.pings(4, 8)? / 4.0;
+                    runs_d.push(self.pings(4, bytes)? / 4.0 - base);
                 }
+                *d = middle(&mut runs_d);
             }
         }
         let mut burst = f64::INFINITY;
@@ -794,14 +808,12 @@ impl Pair<'_, '_> {
         };
         let bandwidth = (1.0 / per_byte).min(1e13);
         let alpha = (rtt / 2.0 - overhead).max(rtt * 0.1).max(1e-8);
-        // Each size's α: half its round trip less o and its bytes at B.
+        // Each size's α: the 8-byte α plus half its longer round trip,
+        // less its bytes at B.
         let curve = with_curve.then(|| {
             let mut a = [0f64; CURVE_BYTES.len() - 1];
-            for ((a, t), &bytes) in a.iter_mut().zip(rtt_at).zip(&CURVE_BYTES[1..]) {
-                let t = t - call / 4.0;
-                *a = (t / 2.0 - overhead - bytes as f64 * per_byte)
-                    .max(t * 0.1)
-                    .max(1e-8);
+            for ((a, d), &bytes) in a.iter_mut().zip(longer).zip(&CURVE_BYTES[1..]) {
+                *a = (alpha + d / 2.0 - bytes as f64 * per_byte).max(alpha * 0.1);
             }
             a
         });
@@ -1021,6 +1033,15 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         all[..block].copy_from_slice(&mine);
     }
     let hosts_of: Vec<f64> = (0..size).map(|r| all[r * block + block - 1]).collect();
+    // With more ranks than cores a round trip waits for the scheduler
+    // (milliseconds at times): sub-microsecond differences between sizes,
+    // or between one round trip and four, are then noise, and are not
+    // measured (on the 2-vCPU VM with 8 ranks they came out anywhere from
+    // 0.1 to 180 µs).
+    let crowded = host_groups(&hosts_of)
+        .iter()
+        .find(|g| g.contains(&rank))
+        .is_some_and(|g| g.len() > braid_transports::shm::online_cpus());
     let kinds: Vec<Vec<usize>> = (0..size)
         .map(|i| {
             (0..size)
@@ -1065,6 +1086,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 wire: &mut wire,
                 peer,
                 initiator,
+                crowded,
                 input: Vec::new(),
                 output: Vec::new(),
             };
@@ -1277,6 +1299,12 @@ fn parse_curve(text: &str) -> Option<[f64; CURVE_BYTES.len() - 1]> {
             .filter(|a: &f64| *a > 0.0 && a.is_finite())?;
     }
     parts.next().is_none().then_some(curve)
+}
+
+/// The median of `v` (the upper one of an even count); 0 when empty.
+fn middle(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The ranks of each host (by host hash), each group in rank order, groups

@@ -212,6 +212,13 @@ fn calibration_is_cached_and_reused() {
     let link = &first.links[0];
     assert!(link.call_overhead >= 0.0 && link.call_overhead.is_finite());
     assert_eq!(link.curve.is_some(), text.contains("curve="), "{text}");
+    if 3 > braid_transports::shm::online_cpus() {
+        // More ranks than cores: neither is measured (scheduling noise).
+        assert!(
+            link.curve.is_none() && link.call_overhead == 0.0,
+            "{link:?}"
+        );
+    }
     if let Some(curve) = &link.curve {
         let sizes: Vec<f64> = curve.points().iter().map(|p| p.0).collect();
         let want: Vec<f64> = CURVE_BYTES.iter().map(|&b| b as f64).collect();
