@@ -29,12 +29,14 @@ def main():
             continue  # a line still being written
         if r.get("time_us") is None or r.get("wrong"):
             continue
-        key = (r.get("shape", "none"), r["nranks"], r["collective"], r["bytes"])
+        # Files of several runs mark each row with its "round": a cell is
+        # one run's.
+        key = (r.get("shape", "none"), r["nranks"], r["collective"], r["bytes"], r.get("round", 0))
         cells[key].append(r)
     total = within = pred_total = pred_ok = 0
     bad = []
     per_shape = defaultdict(lambda: [0, 0, 0, 0])
-    for key in sorted(cells, key=lambda k: (k[0], k[1], k[2], k[3])):
+    for key in sorted(cells, key=lambda k: (k[0], k[4], k[1], k[2], k[3])):
         rows = cells[key]
         best = min(rows, key=lambda r: r["time_us"])
         auto = [r for r in rows if r.get("auto_choice")]
@@ -72,7 +74,7 @@ def main():
     print("| shape | N | collective | size | fastest (µs) | auto choice (µs) | auto / fastest | predicted (µs) | predicted / measured |")
     print("|---|---|---|---|---|---|---|---|---|")
     for key, note, best, a in bad:
-        shape, n, c, b = key
+        shape, n, c, b, _ = key
         if a is None:
             print(f"| {shape} | {n} | {c} | {human(b)} | {best['algorithm']} {best['time_us']:.4g} | {note} | | | |")
             continue
