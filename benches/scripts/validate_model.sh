@@ -4,6 +4,8 @@
 # every link) and N, every collective at sizes 8 B to 64 MiB, braid-bench
 # measures every algorithm (-a all) with its auto choice marked and the
 # model's prediction; summarise with benches/scripts/validate_model.py.
+# The figures each run calibrated (BRAID_DEBUG=tuning's network line) go
+# to OUT.jsonl.calibration, so that the rows can be re-priced later.
 # Usage: benches/scripts/validate_model.sh OUT.jsonl [shapes] [ranks] [sizes]
 #   shapes: space-separated alpha_us,gbps (default "20,10 500,1 2000,2"),
 #           "none" for the plain transport
@@ -27,6 +29,7 @@ else
   bin=${CARGO_TARGET_DIR:-target}/release
 fi
 : >"$out"
+: >"$out.calibration"
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus; transport $transport; shapes $shapes; ranks $ranks; sizes $sizes" >&2
 for shape in $shapes; do
   for n in $ranks; do
@@ -40,7 +43,8 @@ for shape in $shapes; do
         cmd=("$bin/braid-run" -n "$n" --no-prefix -- "$bin/braid-bench" "$c" --transport "$transport")
       fi
       # Few calls per row: the slow shapes take seconds per call at 64 MiB.
-      env "${env_shape[@]}" BRAID_TIMEOUT=600 "${cmd[@]}" --sizes "$sizes" -a all -n 5 -w 1 --start together --json \
+      env "${env_shape[@]}" BRAID_TIMEOUT=600 BRAID_DEBUG=tuning "${cmd[@]}" --sizes "$sizes" -a all -n 5 -w 1 --start together --json \
+        2> >(grep 'tuning network' | sed "s/^/$shape N=$n $c: /" >>"$out.calibration") \
         | grep '^{' | sed "s/^{/{\"shape\":\"$shape\",/" >>"$out" || echo "# FAILED: $shape N=$n $c" >&2
     done
   done
