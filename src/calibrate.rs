@@ -626,9 +626,8 @@ struct Measured {
 /// The payloads at which a link's latency curve is measured. Small
 /// messages differ by more than their bytes over B: shared memory carries
 /// 8 bytes in the line its receiver polls and more through a ring (on the
-/// 2-vCPU VM, slow state, one exchange took 0.40 µs at 8 B and 0.67 µs at
-/// 16 B); in the fast state 128 B took 0.28 µs and 512 B 0.89 µs, cache
-/// line after cache line, where B alone adds 0.04 µs.
+/// 2-vCPU VM, slow state, one exchange took 0.40 µs at 8 B per rank, 0.67 µs
+/// at 16 B and 0.86 µs at 512 B, where B alone adds 0.05 µs).
 pub const CURVE_BYTES: [u64; 7] = [8, 16, 64, 256, 1 << 10, 4 << 10, 16 << 10];
 
 /// Links whose round trip is longer are not measured for a curve: there
