@@ -934,8 +934,8 @@ fn generate_compact(
 /// Precomputed link class parameters.
 #[derive(Clone, Copy)]
 struct LinkP {
-    alpha: f64,
-    curve: Option<LatencyCurve>,
+    /// The class's link, for its latency.
+    of: Link,
     /// Wire rate: min(bandwidth, port rate).
     wire: f64,
     /// Port rate (infinite: no port).
@@ -1095,8 +1095,7 @@ impl<'a> Engine<'a> {
     fn new(book: &'a Book, plans: &'a [Compact], net: &'a Network, elem: f64, cutoff: f64) -> Self {
         let n = plans.len();
         let lp = |l: &Link| LinkP {
-            alpha: l.alpha,
-            curve: l.curve,
+            of: *l,
             wire: l.bandwidth.min(l.port_rate()),
             port: l.port_rate(),
         };
@@ -1355,10 +1354,7 @@ impl<'a> Engine<'a> {
         let class = usize::from(self.net.same_host(a, b));
         let link = &self.links[class];
         let (wire, port) = (link.wire, link.port);
-        let alpha = match &link.curve {
-            Some(c) => c.alpha_at(bytes),
-            None => link.alpha,
-        };
+        let alpha = link.of.alpha_for(bytes);
         let now = self.now;
         let (ia, jb) = (2 * a + class, 2 * b + class);
         // The sender's port pushes the bytes out from `start` to `pushed`;
