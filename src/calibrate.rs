@@ -744,15 +744,14 @@ impl Pair<'_, '_> {
         let mut calls = Vec::with_capacity(runs as usize);
         for _ in 0..runs {
             let four = self.pings(4, 8)? / 4.0;
-            let one = self.pings(1, 8)?;
             rtt = rtt.min(four);
-            calls.push((one - four) * 4.0 / 3.0);
+            if !self.crowded {
+                let one = self.pings(1, 8)?;
+                calls.push((one - four) * 4.0 / 3.0);
+            }
         }
-        let call = if self.crowded {
-            0.0
-        } else {
-            middle(&mut calls).max(0.0)
-        };
+        // Crowded: no runs, no call cost.
+        let call = middle(&mut calls).max(0.0);
         let rtt = (rtt - call / 4.0).max(rtt * 0.25);
         // The latency curve: how much longer a round trip of each size is
         // than one of 8 bytes run just before it (the median of the runs;
@@ -869,9 +868,19 @@ fn measure_reduce() -> (f64, f64) {
 /// then [source, bytes per second] of the host bus (0 bytes per second:
 /// none).
 const DECISION: usize = BUS_AT + 2;
-const LINK_WIDTH: usize = 4 + CURVE_BYTES.len();
-const PORTS_AT: usize = SLOTS * LINK_WIDTH + 3;
+const LINK_WIDTH: usize = CURVE_AT + CURVE_BYTES.len() - 1;
+/// Within a kind's slot: the call overhead, then the curve.
+const CALL_AT: usize = 4;
+const CURVE_AT: usize = 5;
+/// [source, gamma, copy] of the reduce kernels.
+const REDUCE_AT: usize = SLOTS * LINK_WIDTH;
+const PORTS_AT: usize = REDUCE_AT + 3;
 const BUS_AT: usize = PORTS_AT + SLOTS;
+
+/// Where link kind `code`'s figures lie in a decision.
+fn link_slot(code: usize) -> std::ops::Range<usize> {
+    code * LINK_WIDTH..(code + 1) * LINK_WIDTH
+}
 
 /// The link kinds of a row of kind codes, joined by `+` (the host bus's
 /// cache key: it depends on the transports).
@@ -906,7 +915,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
         _ => Vec::new(),
     };
     for (code, kind) in LINK_KINDS.iter().enumerate() {
-        let slot = &mut d[code * LINK_WIDTH..code * LINK_WIDTH + LINK_WIDTH];
+        let slot = &mut d[link_slot(code)];
         let (_, _, default_o) = default_link(kind);
         let given = config.links.get(*kind).or_else(|| config.links.get("*"));
         if let Some(LinkSpec {
@@ -915,7 +924,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
             overhead,
         }) = given
         {
-            slot[..4].copy_from_slice(&[
+            slot[..CALL_AT].copy_from_slice(&[
                 Source::Override.code(),
                 *alpha,
                 *bandwidth,
@@ -923,7 +932,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
             ]);
         } else if config.calibrate == Calibrate::Off {
             let (a, b, o) = default_link(kind);
-            slot[..4].copy_from_slice(&[Source::Default.code(), a, b, o]);
+            slot[..CALL_AT].copy_from_slice(&[Source::Default.code(), a, b, o]);
         } else if let Some(e) = lookup(&cache, &link_key(kind, nranks)) {
             if let (Some(a), Some(b), Some(o)) = (
                 e.number("alpha"),
@@ -931,10 +940,10 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
                 e.number("overhead"),
             ) {
                 if b > 0.0 {
-                    slot[..4].copy_from_slice(&[Source::Cached.code(), a, b, o]);
-                    slot[4] = e.number("call").unwrap_or(0.0);
+                    slot[..CALL_AT].copy_from_slice(&[Source::Cached.code(), a, b, o]);
+                    slot[CALL_AT] = e.number("call").unwrap_or(0.0);
                     if let Some(curve) = e.fields.get("curve").and_then(|c| parse_curve(c)) {
-                        slot[5..].copy_from_slice(&curve);
+                        slot[CURVE_AT..].copy_from_slice(&curve);
                     }
                 }
             }
@@ -942,7 +951,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
     }
     for (code, kind) in LINK_KINDS.iter().enumerate() {
         // BRAID_LINK describes a network link: one port at its rate.
-        d[PORTS_AT + code] = if d[code * LINK_WIDTH] == Source::Override.code() {
+        d[PORTS_AT + code] = if d[link_slot(code).start] == Source::Override.code() {
             0.0
         } else {
             port_mode(kind)
@@ -963,7 +972,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
             None => 0.0,
         }
     };
-    let r = &mut d[SLOTS * LINK_WIDTH..PORTS_AT];
+    let r = &mut d[REDUCE_AT..PORTS_AT];
     if config.calibrate == Calibrate::Off {
         r.copy_from_slice(&[Source::Default.code(), DEFAULT_GAMMA, DEFAULT_COPY]);
     } else if let Some(e) = lookup(&cache, &reduce_key()) {
@@ -1068,14 +1077,14 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     // collective, where all of them compete for the cores and memory).
     let mut measured = vec![0f64; DECISION];
     let mut any = false;
-    let gamma_unknown = decision[SLOTS * LINK_WIDTH] == 0.0;
+    let gamma_unknown = decision[REDUCE_AT] == 0.0;
     if gamma_unknown && size > 1 {
         any = true;
         let (g, c) = measure_reduce();
-        measured[SLOTS * LINK_WIDTH..PORTS_AT].copy_from_slice(&[Source::Measured.code(), g, c]);
+        measured[REDUCE_AT..PORTS_AT].copy_from_slice(&[Source::Measured.code(), g, c]);
     }
     for code in 0..SLOTS {
-        if pairs[code] == 0 || decision[code * LINK_WIDTH] != 0.0 {
+        if pairs[code] == 0 || decision[link_slot(code).start] != 0.0 {
             continue;
         }
         any = true;
@@ -1090,16 +1099,16 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 output: Vec::new(),
             };
             if let Some(m) = pair.measure()? {
-                let slot = &mut measured[code * LINK_WIDTH..code * LINK_WIDTH + LINK_WIDTH];
-                slot[..4].copy_from_slice(&[
+                let slot = &mut measured[link_slot(code)];
+                slot[..CALL_AT].copy_from_slice(&[
                     Source::Measured.code(),
                     m.alpha,
                     m.bandwidth,
                     m.overhead,
                 ]);
-                slot[4] = m.call;
+                slot[CALL_AT] = m.call;
                 if let Some(curve) = m.curve {
-                    slot[5..].copy_from_slice(&curve);
+                    slot[CURVE_AT..].copy_from_slice(&curve);
                 }
             }
         }
@@ -1123,10 +1132,10 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         if pairs[code] == 0 {
             continue;
         }
-        let from = if decision[code * LINK_WIDTH] != 0.0 {
-            &decision[code * LINK_WIDTH..code * LINK_WIDTH + LINK_WIDTH]
+        let from = if decision[link_slot(code).start] != 0.0 {
+            &decision[link_slot(code)]
         } else {
-            &agreed[code * LINK_WIDTH..code * LINK_WIDTH + LINK_WIDTH]
+            &agreed[link_slot(code)]
         };
         let source = Source::from_code(from[0]).unwrap_or(Source::Default);
         let (da, db, d_o) = default_link(LINK_KINDS[code]);
@@ -1136,15 +1145,15 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         } else {
             (da, db, d_o)
         };
-        let call_overhead = if ok && from[4].is_finite() {
-            from[4].max(0.0)
+        let call_overhead = if ok && from[CALL_AT].is_finite() {
+            from[CALL_AT].max(0.0)
         } else {
             0.0
         };
-        let curve = if ok && from[5..].iter().all(|a| *a > 0.0 && a.is_finite()) {
+        let curve = if ok && from[CURVE_AT..].iter().all(|a| *a > 0.0 && a.is_finite()) {
             let points: Vec<(f64, f64)> = CURVE_BYTES
                 .iter()
-                .zip(std::iter::once(&alpha).chain(&from[5..]))
+                .zip(std::iter::once(&alpha).chain(&from[CURVE_AT..]))
                 .map(|(&b, &a)| (b as f64, a))
                 .collect();
             LatencyCurve::new(&points).ok()
@@ -1159,7 +1168,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             e.fields.insert("overhead".into(), format!("{overhead:e}"));
             e.fields.insert("call".into(), format!("{call_overhead:e}"));
             if curve.is_some() {
-                let text: Vec<String> = from[5..].iter().map(|a| format!("{a:e}")).collect();
+                let text: Vec<String> = from[CURVE_AT..].iter().map(|a| format!("{a:e}")).collect();
                 e.fields.insert("curve".into(), text.join("/"));
             }
             e.fields.insert("at".into(), now_secs().to_string());
@@ -1182,10 +1191,10 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             },
         });
     }
-    let r = if decision[SLOTS * LINK_WIDTH] != 0.0 {
-        &decision[SLOTS * LINK_WIDTH..PORTS_AT]
+    let r = if decision[REDUCE_AT] != 0.0 {
+        &decision[REDUCE_AT..PORTS_AT]
     } else {
-        &agreed[SLOTS * LINK_WIDTH..PORTS_AT]
+        &agreed[REDUCE_AT..PORTS_AT]
     };
     let (reduce_source, gamma, copy) = match Source::from_code(r[0]) {
         Some(s) if r[1] > 0.0 && r[2] > 0.0 => (s, r[1], r[2]),
@@ -1415,9 +1424,9 @@ fn medians(every: &[f64], size: usize) -> Vec<f64> {
         }
     };
     for code in 0..SLOTS {
-        pick(code * LINK_WIDTH, LINK_WIDTH);
+        pick(link_slot(code).start, LINK_WIDTH);
     }
-    pick(SLOTS * LINK_WIDTH, 3);
+    pick(REDUCE_AT, 3);
     agreed
 }
 
