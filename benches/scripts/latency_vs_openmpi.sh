@@ -11,12 +11,7 @@ cd "$(dirname "$0")/../.."
 n=${1:?usage: latency_vs_openmpi.sh N shm|tcp [rounds]}
 transport=${2:?usage: latency_vs_openmpi.sh N shm|tcp [rounds]}
 rounds=${3:-10}
-anchors=$(cd "${ANCHORS:-../shared/anchors}" && pwd)
-out=${TMPDIR:-/tmp}/braid-anchors
-mkdir -p "$out"
-gcc -O2 -pthread -o "$out/core_pingpong" "$anchors/core_pingpong.c"
-cargo build --release -q -p braid -p braid-bench
-bin=${CARGO_TARGET_DIR:-target}/release
+. benches/scripts/anchors_setup.sh
 mpi() {
   "$anchors/run_mpi.sh" "$n" "$transport" --ops allreduce --sizes 8 --mintime 0.15 --csv \
     | awk -F, '$3 == 8 {print $6}'
@@ -29,7 +24,7 @@ braid() {
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus, N=$n, $transport, 8 B all_reduce"
 echo "# round  pingpong_ns  openmpi_us  braid_us  openmpi_us"
 for round in $(seq "$rounds"); do
-  state=$("$out/core_pingpong" 0 1 20000 | sed -n 's/.*median \([0-9.]*\) ns.*/\1/p')
+  state=$(fingerprint_ns 20000)
   echo "$round $state $(mpi) $(braid) $(mpi)"
 done | tee "$out/latency-rows.txt"
 # Medians of each column over the rounds in the fast (ping-pong < 150 ns)

@@ -12,18 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-4}
 sizes=${2:-1048576,16777216,67108864}
-anchors=$(cd "${ANCHORS:-../shared/anchors}" && pwd)
-out=${TMPDIR:-/tmp}/braid-anchors
-mkdir -p "$out"
-gcc -O2 -pthread -o "$out/core_pingpong" "$anchors/core_pingpong.c"
+. benches/scripts/anchors_setup.sh
 gcc -O2 -Wall -o "$out/tcp_ceiling" benches/scripts/tcp_ceiling.c
-cargo build --release -q -p braid -p braid-bench
-bin=${CARGO_TARGET_DIR:-target}/release
 rows=$(mktemp)
 trap 'rm -f "$rows"' EXIT
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus, N=2, tcp, sizes $sizes, $rounds rounds"
 for round in $(seq "$rounds"); do
-  fp=$("$out/core_pingpong" 0 1 50000 | grep -o 'median [0-9.]*' | cut -d' ' -f2)
+  fp=$(fingerprint_ns)
   echo "## round $round, core ping-pong $fp ns"
   for s in ${sizes//,/ }; do
     read -r _ _ _ _ t < <("$out/tcp_ceiling" oneway "$s" 30)

@@ -10,7 +10,6 @@ cd "$(dirname "$0")/../.."
 n=${1:?usage: vs_openmpi.sh N tcp|shm [rounds]}
 transport=${2:?usage: vs_openmpi.sh N tcp|shm [rounds]}
 rounds=${3:-2}
-anchors=$(cd "${ANCHORS:-../shared/anchors}" && pwd)
 case "$transport" in
   tcp)
     sizes=8,65536,1048576,16777216,67108864
@@ -22,12 +21,8 @@ case "$transport" in
     ops="all_reduce all_gather broadcast reduce_scatter reduce gather scatter all_to_all" ;;
   *) echo "transport must be tcp or shm" >&2; exit 2 ;;
 esac
-out=${TMPDIR:-/tmp}/braid-anchors
-mkdir -p "$out"
-gcc -O2 -pthread -o "$out/core_pingpong" "$anchors/core_pingpong.c"
+. benches/scripts/anchors_setup.sh
 gcc -O2 -o "$out/memcpy_bw" "$anchors/memcpy_bw.c"
-cargo build --release -q -p braid -p braid-bench
-bin=${CARGO_TARGET_DIR:-target}/release
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus, N=$n, $transport"
 for round in $(seq "$rounds"); do
   if [ "$transport" = shm ]; then
