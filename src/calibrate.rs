@@ -68,7 +68,7 @@ const CALIBRATION_SEQ: u64 = u64::MAX;
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The measuring method: cached figures of another version are measured
 /// again.
-const METHOD: &str = "5";
+const METHOD: &str = "6";
 /// Lines kept in a cache file (the newest).
 const CACHE_MAX_LINES: usize = 256;
 
@@ -123,8 +123,13 @@ pub struct LinkFigures {
     pub kind: &'static str,
     /// Latency α in seconds.
     pub alpha: f64,
-    /// Bandwidth B in bytes per second.
+    /// Bandwidth B in bytes per second, one way.
     pub bandwidth: f64,
+    /// Bytes per second in each direction while both directions of a pair
+    /// are busy, where that is below `bandwidth` (one core copies both
+    /// ways: shared memory, loopback TCP; [`braid_topologies::Link::duplex`]);
+    /// `None`: full duplex, or not measured.
+    pub duplex: Option<f64>,
     /// Per-message overhead o in seconds.
     pub overhead: f64,
     /// What a call costs besides its steps, in seconds (entering and
@@ -140,29 +145,19 @@ pub struct LinkFigures {
     /// Ordered pairs of ranks joined by this kind.
     pub pairs: usize,
     /// How a rank's messages over this kind share its port: one port at the
-    /// link's bandwidth (a NIC: `tcp`, and any kind given by `BRAID_LINK`),
-    /// at the copy rate (`local`, `shm`: a sender copies into each peer's
-    /// buffer in turn), or none (links shaped one by one by `BRAID_SHAPE`
-    /// without `ports`).
+    /// link's bandwidth (a NIC; a core that copies a message at a time:
+    /// `tcp`, `shm`, `local`, any kind given by `BRAID_LINK`), or none
+    /// (links shaped one by one by `BRAID_SHAPE` without `ports`).
     pub injection: Injection,
 }
 
 /// How a rank's messages over link kind `kind` share its port (see
 /// [`LinkFigures::injection`]): 0 one port at the link's rate, 1 no
-/// limit, 2 the copy rate.
+/// limit.
 fn port_mode(kind: &str) -> f64 {
-    match kind {
-        "local" | "shm" => 2.0,
-        "shaped" => {
-            let ports = std::env::var("BRAID_SHAPE").is_ok_and(|v| v.contains("ports"));
-            if ports {
-                0.0
-            } else {
-                1.0
-            }
-        }
-        _ => 0.0,
-    }
+    let per_link =
+        kind == "shaped" && !std::env::var("BRAID_SHAPE").is_ok_and(|v| v.contains("ports"));
+    f64::from(u8::from(per_link))
 }
 
 /// What a communicator knows of its links after calibrating; identical on
@@ -200,6 +195,9 @@ impl Calibration {
                 Injection::Unlimited => "no port limit".to_string(),
                 Injection::Limit(r) => format!("port {:.1} GB/s", r / 1e9),
             };
+            let duplex = l.duplex.map_or(String::new(), |d| {
+                format!(" one way, {:.3} GB/s each way at once", d / 1e9)
+            });
             let fast = l.curve.map_or(String::new(), |c| {
                 let points: Vec<String> = c
                     .points()
@@ -209,7 +207,7 @@ impl Calibration {
                 format!(" (by size: {} us)", points.join(", "))
             });
             s.push_str(&format!(
-                "{}: alpha {:.2} us{fast}, B {:.3} GB/s, o {:.2} us, call {:.2} us, {port} ({}, {} pairs); ",
+                "{}: alpha {:.2} us{fast}, B {:.3} GB/s{duplex}, o {:.2} us, call {:.2} us, {port} ({}, {} pairs); ",
                 l.kind,
                 l.alpha * 1e6,
                 l.bandwidth / 1e9,
@@ -617,6 +615,8 @@ fn recv(peer: usize, offset: u64, len: u64) -> Action {
 struct Measured {
     alpha: f64,
     bandwidth: f64,
+    /// Bytes per second each way with both directions busy.
+    duplex: f64,
     overhead: f64,
     call: f64,
     /// α at each of [`CURVE_BYTES`] but the first (which is `alpha`).
@@ -694,18 +694,49 @@ impl Pair<'_, '_> {
         self.run(steps, 8 * k as usize)
     }
 
-    /// One message of `bytes` each way at once (both directions busy, as
-    /// in a collective, so copies on a shared host meet the contention they
-    /// meet there), then an 8-byte reply.
-    fn stream(&mut self, bytes: u64) -> Result<f64> {
+    /// One message of `bytes` from the initiator to the responder, or with
+    /// `both_ways` one each way at once (as in a collective's exchange, so
+    /// that copies on a shared host meet the contention they meet there),
+    /// then an 8-byte reply.
+    fn stream(&mut self, bytes: u64, both_ways: bool) -> Result<f64> {
         let p = self.peer;
-        let both = vec![send(p, 0, bytes), recv(p, 0, bytes)];
-        let steps = if self.initiator {
-            vec![both, vec![recv(p, 0, 8)]]
+        let first = if both_ways {
+            vec![send(p, 0, bytes), recv(p, 0, bytes)]
+        } else if self.initiator {
+            vec![send(p, 0, bytes)]
         } else {
-            vec![both, vec![send(p, 0, 8)]]
+            vec![recv(p, 0, bytes)]
+        };
+        let steps = if self.initiator {
+            vec![first, vec![recv(p, 0, 8)]]
+        } else {
+            vec![first, vec![send(p, 0, 8)]]
         };
         self.run(steps, bytes as usize)
+    }
+
+    /// Seconds per byte of streams of `bytes` (one way, or both ways at
+    /// once), on the initiator: the slope between a quarter and the whole
+    /// message (the median of 3 each, after an untimed one that touches
+    /// the pages), so that whatever a message pays besides its bytes
+    /// (latency, a peer that waits for a core) cancels out. Noise can make
+    /// the slope meaningless: then the whole message less one round trip.
+    fn per_byte(&mut self, bytes: u64, both_ways: bool, rtt: f64) -> Result<f64> {
+        self.stream(bytes, both_ways)?;
+        let (mut small, mut large) = ([0f64; 3], [0f64; 3]);
+        for i in 0..3 {
+            small[i] = self.stream(bytes / 4, both_ways)?;
+            large[i] = self.stream(bytes, both_ways)?;
+        }
+        let (t_small, t_large) = (middle(&mut small), middle(&mut large));
+        let slope = (t_large - t_small) / (bytes - bytes / 4) as f64;
+        Ok(
+            if slope > 0.0 && slope * bytes as f64 > 0.25 * (t_large - rtt) {
+                slope
+            } else {
+                (t_large - rtt).max(t_large * 0.05) / bytes as f64
+            },
+        )
     }
 
     /// The initiator tells the responder a number.
@@ -774,37 +805,35 @@ impl Pair<'_, '_> {
             burst = burst.min(self.burst(BURST)?);
         }
         let overhead = ((burst - call - rtt) / BURST as f64).max(0.0);
-        // A probe sizes the bandwidth message to about 2 ms (1 to 16 MiB).
+        // A probe sizes the bandwidth messages to about 2 ms both ways
+        // (1 to 16 MiB).
         let probe = 256u64 << 10;
-        let t = self.stream(probe)?;
+        let t = self.stream(probe, true)?;
         let rough = probe as f64 / (t - rtt).max(t * 0.05);
         let want = (rough * 2e-3).clamp((1u64 << 20) as f64, (16u64 << 20) as f64) as u64;
         let bytes = self.tell(want.div_ceil(64 << 10) * (64 << 10))?;
-        // B is the slope between a quarter and the whole message (the
-        // median of 3 each, after an untimed one that touches the pages):
-        // whatever a message pays besides its bytes (latency, a peer that
-        // waits for a core) cancels out.
-        self.stream(bytes)?;
-        let (mut small, mut large) = ([0f64; 3], [0f64; 3]);
-        for i in 0..3 {
-            small[i] = self.stream(bytes / 4)?;
-            large[i] = self.stream(bytes)?;
-        }
-        small.sort_by(f64::total_cmp);
-        large.sort_by(f64::total_cmp);
+        // B one way, and each way with both busy: where one core copies
+        // both ways (shared memory, loopback TCP) the second is lower (on
+        // the 2-vCPU VM 0.8 of B over shm, 0.5 over TCP), and a
+        // collective's exchange steps move at it while a star's root or a
+        // tree's leaves move at B. Links slower than 1 ms a round trip are
+        // a network's, taken as full duplex: measuring both would cost
+        // another 50 ms of the time budget at α = 2 ms.
+        let per_byte = self.per_byte(bytes, false, rtt)?;
+        let per_byte_both = if runs > 2 {
+            self.per_byte(bytes, true, rtt)?
+        } else {
+            0.0
+        };
         if !self.initiator {
             return Ok(None);
         }
-        let (t_small, t_large) = (small[1], large[1]);
-        let slope = (t_large - t_small) / (bytes - bytes / 4) as f64;
-        // Noise can make the slope meaningless: then the whole message
-        // less one round trip.
-        let per_byte = if slope > 0.0 && slope * bytes as f64 > 0.25 * (t_large - rtt) {
-            slope
-        } else {
-            (t_large - rtt).max(t_large * 0.05) / bytes as f64
-        };
         let bandwidth = (1.0 / per_byte).min(1e13);
+        let duplex = if per_byte_both > 0.0 {
+            (1.0 / per_byte_both).min(1e13)
+        } else {
+            0.0
+        };
         let alpha = (rtt / 2.0 - overhead).max(rtt * 0.1).max(1e-8);
         // Each size's α: the 8-byte α plus half its longer round trip,
         // less its bytes at B.
@@ -818,6 +847,7 @@ impl Pair<'_, '_> {
         Ok(Some(Measured {
             alpha,
             bandwidth,
+            duplex,
             overhead,
             call,
             curve,
@@ -861,7 +891,8 @@ fn measure_reduce() -> (f64, f64) {
 // ---------------------------------------------------------------------------
 
 /// Rank 0's decision for every link kind code and for γ: [source code,
-/// alpha, bandwidth, overhead, call overhead, then α at each of
+/// alpha, bandwidth, overhead, call overhead, duplex bandwidth (0: full
+/// duplex), then α at each of
 /// [`CURVE_BYTES`] but the first (all 0: no curve)] per kind (source 0:
 /// measure), then
 /// [source, gamma, copy], then the port mode per kind ([`port_mode`]),
@@ -869,9 +900,11 @@ fn measure_reduce() -> (f64, f64) {
 /// none).
 const DECISION: usize = BUS_AT + 2;
 const LINK_WIDTH: usize = CURVE_AT + CURVE_BYTES.len() - 1;
-/// Within a kind's slot: the call overhead, then the curve.
+/// Within a kind's slot: the call overhead, the duplex bandwidth, then the
+/// curve.
 const CALL_AT: usize = 4;
-const CURVE_AT: usize = 5;
+const DUPLEX_AT: usize = 5;
+const CURVE_AT: usize = 6;
 /// [source, gamma, copy] of the reduce kernels.
 const REDUCE_AT: usize = SLOTS * LINK_WIDTH;
 const PORTS_AT: usize = REDUCE_AT + 3;
@@ -942,6 +975,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
                 if b > 0.0 {
                     slot[..CALL_AT].copy_from_slice(&[Source::Cached.code(), a, b, o]);
                     slot[CALL_AT] = e.number("call").unwrap_or(0.0);
+                    slot[DUPLEX_AT] = e.number("duplex").unwrap_or(0.0);
                     if let Some(curve) = e.fields.get("curve").and_then(|c| parse_curve(c)) {
                         slot[CURVE_AT..].copy_from_slice(&curve);
                     }
@@ -1107,6 +1141,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                     m.overhead,
                 ]);
                 slot[CALL_AT] = m.call;
+                slot[DUPLEX_AT] = m.duplex;
                 if let Some(curve) = m.curve {
                     slot[CURVE_AT..].copy_from_slice(&curve);
                 }
@@ -1150,6 +1185,10 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         } else {
             0.0
         };
+        // Full duplex unless each way at once is clearly slower than one.
+        let duplex = (ok && from[DUPLEX_AT].is_finite() && from[DUPLEX_AT] > 0.0)
+            .then_some(from[DUPLEX_AT])
+            .filter(|&d| d < 0.9 * bandwidth);
         let curve = if ok && from[CURVE_AT..].iter().all(|a| *a > 0.0 && a.is_finite()) {
             let points: Vec<(f64, f64)> = CURVE_BYTES
                 .iter()
@@ -1167,6 +1206,10 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 .insert("bandwidth".into(), format!("{bandwidth:e}"));
             e.fields.insert("overhead".into(), format!("{overhead:e}"));
             e.fields.insert("call".into(), format!("{call_overhead:e}"));
+            if from[DUPLEX_AT] > 0.0 {
+                e.fields
+                    .insert("duplex".into(), format!("{:e}", from[DUPLEX_AT]));
+            }
             if curve.is_some() {
                 let text: Vec<String> = from[CURVE_AT..].iter().map(|a| format!("{a:e}")).collect();
                 e.fields.insert("curve".into(), text.join("/"));
@@ -1178,16 +1221,16 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             kind: LINK_KINDS[code],
             alpha,
             bandwidth,
+            duplex,
             overhead,
             call_overhead,
             curve,
             source,
             pairs: pairs[code],
-            // The copy rate is known below.
-            injection: match decision[PORTS_AT + code] as u8 {
-                1 => Injection::Unlimited,
-                2 => Injection::Limit(0.0),
-                _ => Injection::Link,
+            injection: if decision[PORTS_AT + code] == 1.0 {
+                Injection::Unlimited
+            } else {
+                Injection::Link
             },
         });
     }
@@ -1263,12 +1306,6 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                     "could not write the calibration cache ({e}); the next run measures again"
                 ),
             }
-        }
-    }
-    for l in &mut links {
-        if let Injection::Limit(_) = l.injection {
-            // Never slower than the link itself.
-            l.injection = Injection::Limit((1.0 / copy).max(l.bandwidth));
         }
     }
     let mut network = build_network(&kinds, &links, gamma, copy, config.chunk_bytes as u64);
@@ -1469,11 +1506,14 @@ fn build_network(
     chunk: u64,
 ) -> Network {
     let link = |l: &LinkFigures| {
-        let link = Link::new(l.alpha, l.bandwidth).with_injection(l.injection);
-        match l.curve {
-            Some(c) => link.with_curve(c),
-            None => link,
+        let mut link = Link::new(l.alpha, l.bandwidth).with_injection(l.injection);
+        if let Some(c) = l.curve {
+            link = link.with_curve(c);
         }
+        if let Some(d) = l.duplex {
+            link = link.with_duplex(d);
+        }
+        link
     };
     let overhead = links.iter().map(|l| l.overhead).fold(0.0, f64::max);
     let call = links.iter().map(|l| l.call_overhead).fold(0.0, f64::max);
@@ -1539,6 +1579,7 @@ mod tests {
             kind,
             alpha,
             bandwidth: 1e9,
+            duplex: None,
             overhead: 1e-7,
             call_overhead: 0.0,
             curve: None,
@@ -1560,11 +1601,16 @@ mod tests {
             vec![t, t, x, s],
             vec![t, t, s, x],
         ];
-        let links = [figures("shm", 1e-6, 4), figures("tcp", 2e-5, 8)];
+        let shm = LinkFigures {
+            duplex: Some(4e8),
+            ..figures("shm", 1e-6, 4)
+        };
+        let links = [shm, figures("tcp", 2e-5, 8)];
         let net = build_network(&kinds, &links, 1e-10, 1e-10, 1 << 18);
         assert_eq!(net.hosts, Hosts::Map(vec![0, 0, 2, 2]));
         assert_eq!(net.inter.alpha, 2e-5);
         assert_eq!(net.intra.alpha, 1e-6);
+        assert_eq!((net.intra.duplex, net.inter.duplex), (Some(4e8), None));
         assert_eq!(net.pipeline_bytes, 1 << 18);
         let one = build_network(&kinds, &links[..1], 1e-10, 1e-10, 1 << 18);
         assert_eq!(one.hosts, Hosts::Blocks(1));

@@ -24,7 +24,10 @@
 //! ([`Network::link`]): ranks on the same host ([`Hosts`]) use
 //! [`Network::intra`], the others [`Network::inter`] (one (α, B) for shared
 //! memory, another for TCP). A link has a latency α (seconds) and a
-//! bandwidth B (bytes per second) and is full duplex. Each rank has, per
+//! bandwidth B (bytes per second) and is full duplex, unless it has a
+//! [`Link::duplex`] rate: then a rank whose step both sends and receives
+//! over that class moves each direction at that rate (one core copies both
+//! ways, as over shared memory and loopback TCP). Each rank has, per
 //! link class, one injection port and one ejection port ([`Injection`]):
 //! the messages a rank sends over that class share the injection port, the
 //! messages it receives share the ejection port, so a star's hub serialises
@@ -51,7 +54,9 @@
 //! rounds, the textbooks' model.
 //!
 //! A message of s bytes that starts at t, with `w = s / min(B, port rate)`
-//! and `h = o + s / port rate`:
+//! and `h = o + s / port rate` (B and the port rate of a side whose step
+//! sends and receives over a link with a [`Link::duplex`] rate D are at
+//! most D; a buffered message's receiver counts as receiving only):
 //! * holds the sender's injection port for `h`, and the receiver's ejection
 //!   port for `h` from when that port is free (not before t);
 //! * has left the sender at `t + o + w`, or, between two ranks of the same
@@ -145,6 +150,12 @@ pub struct Link {
     /// Latency by message size, where it depends on it; `None`: `alpha`
     /// for every message.
     pub curve: Option<LatencyCurve>,
+    /// Bytes per second in each direction while a rank both sends and
+    /// receives over this class in one step, where that is below
+    /// `bandwidth`: one core copies both ways (shared memory, loopback
+    /// TCP), so an exchange moves each direction slower than a one-way
+    /// transfer. `None`: full duplex (a NIC, an emulated wire).
+    pub duplex: Option<f64>,
 }
 
 /// Latency α as a function of a message's payload bytes, from measured
@@ -224,6 +235,16 @@ impl Link {
             bandwidth,
             injection: Injection::Link,
             curve: None,
+            duplex: None,
+        }
+    }
+
+    /// The same link with `bytes_per_second` in each direction while a
+    /// rank both sends and receives over it in one step ([`Link::duplex`]).
+    pub fn with_duplex(self, bytes_per_second: f64) -> Link {
+        Link {
+            duplex: Some(bytes_per_second),
+            ..self
         }
     }
 
@@ -438,6 +459,13 @@ impl Network {
                     "{name} bandwidth must be finite and > 0 bytes/s, got {}",
                     l.bandwidth
                 ));
+            }
+            if let Some(d) = l.duplex {
+                if !(d.is_finite() && d > 0.0) {
+                    return bad(format!(
+                        "{name} duplex bandwidth must be finite and > 0 bytes/s, got {d}"
+                    ));
+                }
             }
             if let Injection::Limit(r) = l.injection {
                 if r.is_nan() || r <= 0.0 {
@@ -964,6 +992,9 @@ struct RankState {
     send_path: Breakdown,
     path: Breakdown,
     cursors: Vec<Cursor>,
+    /// Per link class (inter, intra): whether the posted step both sends
+    /// and receives over it (then a [`Link::duplex`] rate applies).
+    both_ways: [bool; 2],
 }
 
 /// A buffered message that reached its receiver before the receiver posted
@@ -1084,6 +1115,9 @@ struct Engine<'a> {
     cutoff: f64,
     finish: Vec<f64>,
     finish_path: Vec<Breakdown>,
+    /// Whether a link class has a [`Link::duplex`] rate (steps are then
+    /// checked for sending and receiving at once).
+    any_duplex: bool,
 }
 
 fn add(mut p: Breakdown, f: impl FnOnce(&mut Breakdown)) -> Breakdown {
@@ -1122,6 +1156,7 @@ impl<'a> Engine<'a> {
             n,
             net,
             links: [lp(&net.inter), lp(&net.intra)],
+            any_duplex: net.inter.duplex.is_some() || net.intra.duplex.is_some(),
             elem,
             gamma: net.gamma,
             overhead: net.overhead,
@@ -1322,10 +1357,23 @@ impl<'a> Engine<'a> {
         }
         let path = self.st[r].path;
         if t.nops == 0 {
+            self.st[r].both_ways = [false; 2];
             self.step_complete(r, path, true);
             return Ok(());
         }
         let n = self.n;
+        if self.any_duplex {
+            let (mut sends, mut recvs) = ([false; 2], [false; 2]);
+            for g in groups {
+                let class = usize::from(self.net.same_host(r, (r + g.rel as usize) % n));
+                if g.recv {
+                    recvs[class] = true;
+                } else {
+                    sends[class] = true;
+                }
+            }
+            self.st[r].both_ways = [sends[0] && recvs[0], sends[1] && recvs[1]];
+        }
         for (gi, g) in groups.iter().enumerate() {
             let peer = (r + g.rel as usize) % n;
             if g.recv {
@@ -1349,11 +1397,31 @@ impl<'a> Engine<'a> {
     }
 
     /// Moves one message of `bytes` from `a` to `b` starting no earlier
-    /// than now; `path` leads to now.
-    fn launch(&mut self, a: usize, ga: usize, b: usize, bytes: f64, path: Breakdown) -> Flight {
+    /// than now; `path` leads to now. `posted`: `b` has posted the step
+    /// that takes it (else it is buffered ahead of `b`).
+    fn launch(
+        &mut self,
+        a: usize,
+        ga: usize,
+        b: usize,
+        bytes: f64,
+        path: Breakdown,
+        posted: bool,
+    ) -> Flight {
         let class = usize::from(self.net.same_host(a, b));
         let link = &self.links[class];
-        let (wire, port) = (link.wire, link.port);
+        let (mut wire, mut port_a, mut port_b) = (link.wire, link.port, link.port);
+        // A side that sends and receives in this step copies both ways.
+        if let Some(d) = link.of.duplex {
+            if self.st[a].both_ways[class] {
+                wire = wire.min(d);
+                port_a = port_a.min(d);
+            }
+            if posted && self.st[b].both_ways[class] {
+                wire = wire.min(d);
+                port_b = port_b.min(d);
+            }
+        }
         let alpha = link.of.alpha_for(bytes);
         let now = self.now;
         let (ia, jb) = (2 * a + class, 2 * b + class);
@@ -1370,10 +1438,10 @@ impl<'a> Engine<'a> {
             alone
         };
         let mut absorbed = pushed;
-        if port.is_finite() {
-            let busy = self.overhead + bytes / port;
+        if port_a.is_finite() {
+            let busy = self.overhead + bytes / port_a;
             self.inj_free[ia] = start + busy;
-            let taken = start.max(self.ej_free[jb]) + busy;
+            let taken = start.max(self.ej_free[jb]) + self.overhead + bytes / port_b;
             self.ej_free[jb] = taken;
             absorbed = absorbed.max(taken);
         }
@@ -1478,7 +1546,7 @@ impl<'a> Engine<'a> {
                 return Err(self.mismatch(a, self.st[a].step, b, send.elems, recv.elems));
             }
             let bytes = send.elems as f64 * self.elem;
-            let f = self.launch(a, ga, b, bytes, path);
+            let f = self.launch(a, ga, b, bytes, path, true);
             let done = match recv.kind {
                 Kind::RecvReduce => self.reduced(b, bytes, f.landed, f.wire),
                 _ => f.landed,
@@ -1519,7 +1587,7 @@ impl<'a> Engine<'a> {
             }
             queued += bytes;
             let send_step = self.st[a].step;
-            let f = self.launch(a, ga, b, bytes, path);
+            let f = self.launch(a, ga, b, bytes, path, false);
             let alpha = f.landed - f.absorbed;
             self.early[b].push(Early {
                 from: a as u32,

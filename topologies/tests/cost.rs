@@ -221,6 +221,108 @@ fn ring_all_gather_and_reduce_scatter() {
     }
 }
 
+/// `net` with a core that copies both ways: each direction at `rate` while
+/// a rank sends and receives in one step.
+fn duplex(net: Network, rate: f64) -> Network {
+    Network {
+        inter: net.inter.with_duplex(rate),
+        intra: net.intra.with_duplex(rate),
+        ..net
+    }
+}
+
+#[test]
+fn a_rank_that_sends_and_receives_at_once_moves_each_way_at_the_duplex_rate() {
+    let d = BW / 2.5;
+    let per = 3000u64;
+    let b = (per * ELEM) as f64;
+    for (n, net) in [2usize, 3, 6, 8, 17]
+        .into_iter()
+        .flat_map(|n| both().map(|m| (n, m)))
+    {
+        let nf = n as f64;
+        let net = duplex(net, d);
+        // Every ring step both sends and receives: (N−1)(α + S/(N·D)).
+        let e = priced(
+            Algorithm::Ring,
+            &blocks(Collective::AllGather, n, per),
+            0,
+            &net,
+        );
+        close(
+            e.time,
+            (nf - 1.0) * (ALPHA + b / d),
+            &format!("ring all_gather N={n}, duplex"),
+        );
+        // A star's root only sends, its leaves only receive: one way at B.
+        let e = priced(
+            Algorithm::Star,
+            &single(Collective::Broadcast, n, per),
+            0,
+            &net,
+        );
+        close(
+            e.time,
+            ALPHA + (nf - 1.0) * b / BW,
+            &format!("star broadcast N={n}, duplex"),
+        );
+        // The star all-reduce gathers in one step and sends in the next.
+        let e = priced(
+            Algorithm::Star,
+            &single(Collective::AllReduce, n, per),
+            0,
+            &net,
+        );
+        close(
+            e.time,
+            2.0 * ALPHA + 2.0 * (nf - 1.0) * b / BW + (nf - 1.0) * b * GAMMA,
+            &format!("star all_reduce N={n}, duplex"),
+        );
+    }
+    // A binomial tree receives, then sends in later steps: one way at B.
+    let count = 250_000u64;
+    let s = (count * ELEM) as f64;
+    for n in [2usize, 8, 64] {
+        let shape = single(Collective::Broadcast, n, count);
+        let e = priced(Algorithm::Tree, &shape, count, &duplex(net(), d));
+        close(
+            e.time,
+            log2_ceil(n) * (ALPHA + s / BW),
+            &format!("binomial broadcast N={n}, duplex"),
+        );
+    }
+    // The duplex rate applies on the class it is given for only.
+    let mut hosts = net().with_hosts(Hosts::Blocks(2), Link::new(ALPHA, BW).with_duplex(d));
+    hosts.inter = Link::new(ALPHA, BW);
+    let e = priced(
+        Algorithm::Ring,
+        &blocks(Collective::AllGather, 2, per),
+        0,
+        &hosts,
+    );
+    close(e.time, ALPHA + b / d, "ring N=2 on one host");
+    hosts.hosts = Hosts::Blocks(1);
+    let e = priced(
+        Algorithm::Ring,
+        &blocks(Collective::AllGather, 2, per),
+        0,
+        &hosts,
+    );
+    close(e.time, ALPHA + b / BW, "ring N=2 across hosts");
+    // A bad rate is an error.
+    let bad = duplex(net(), 0.0);
+    assert!(matches!(
+        price_call(
+            Algorithm::Ring,
+            &blocks(Collective::AllGather, 2, per),
+            &PlanOptions::default(),
+            &bad,
+            ELEM
+        ),
+        Err(CostError::Network(_))
+    ));
+}
+
 #[test]
 fn binomial_broadcast_is_ceil_log2_n_rounds_of_alpha_plus_s_over_b() {
     let count = 250_000u64;
@@ -787,13 +889,14 @@ fn pruned_tuning_chooses_as_the_exhaustive_one() {
             .with_overhead(1e-6),
         Network::uniform(2e-6, 12.5e9).with_overhead(0.2e-6),
         {
-            // Shared memory as calibrated: latency by size, a call cost.
+            // Shared memory as calibrated: latency by size, a call cost, a
+            // core that copies both ways.
             let mut shm = Network::uniform(0.2e-6, 10e9)
                 .with_overhead(0.1e-6)
                 .with_call_overhead(0.3e-6);
             let curve =
                 LatencyCurve::new(&[(8.0, 0.1e-6), (64.0, 0.3e-6), (16384.0, 0.2e-6)]).unwrap();
-            shm.inter = shm.inter.with_curve(curve);
+            shm.inter = shm.inter.with_curve(curve).with_duplex(4e9);
             shm.intra = shm.inter;
             shm
         },
