@@ -46,8 +46,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use braid_topologies::cost::DEFAULT_BUFFER_BYTES;
 use braid_topologies::{
-    generate, Action, Algorithm, BufferId, Collective, Counts, Hosts, Injection, LatencyCurve,
-    Link, Network, Plan, PlanOptions, Region, Shape,
+    generate, Action, Algorithm, BufferId, Collective, Counts, Hosts, Injection, Link, Network,
+    Plan, PlanOptions, Region, Shape, SizeCurve,
 };
 use braid_transports::Transport;
 
@@ -68,7 +68,7 @@ const CALIBRATION_SEQ: u64 = u64::MAX;
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The measuring method: cached figures of another version are measured
 /// again.
-const METHOD: &str = "6";
+const METHOD: &str = "7";
 /// Lines kept in a cache file (the newest).
 const CACHE_MAX_LINES: usize = 256;
 
@@ -130,6 +130,13 @@ pub struct LinkFigures {
     /// ways: shared memory, loopback TCP; [`braid_topologies::Link::duplex`]);
     /// `None`: full duplex, or not measured.
     pub duplex: Option<f64>,
+    /// B by the size of a call ([`braid_topologies::Link::bandwidth_by_size`]):
+    /// at [`HOT_BYTES`], at the streams B was measured with, and over a
+    /// span of buffers beyond the caches; `None` where not measured (links
+    /// slower than 1 ms a round trip, `BRAID_LINK`, defaults).
+    pub bandwidth_by_size: Option<SizeCurve>,
+    /// The duplex rate by the size of a call, as `bandwidth_by_size`.
+    pub duplex_by_size: Option<SizeCurve>,
     /// Per-message overhead o in seconds.
     pub overhead: f64,
     /// What a call costs besides its steps, in seconds (entering and
@@ -139,7 +146,7 @@ pub struct LinkFigures {
     /// Latency by message size, measured at [`CURVE_BYTES`] on links fast
     /// enough for it (round trips under [`CURVE_MAX_RTT`]); `None` when not
     /// measured (slow links, `BRAID_LINK`, defaults): `alpha` for all.
-    pub curve: Option<LatencyCurve>,
+    pub latency_by_size: Option<SizeCurve>,
     /// Where they came from.
     pub source: Source,
     /// Ordered pairs of ranks joined by this kind.
@@ -177,6 +184,10 @@ pub struct Calibration {
     /// there is no host bus (no host runs two ranks, links shaped by
     /// `BRAID_SHAPE` or given by `BRAID_LINK`, or `BRAID_CALIBRATE=off`).
     pub host_bandwidth: f64,
+    /// The host bus by the size of a call ([`Network::host_bandwidth_by_size`]):
+    /// at [`HOT_BYTES`] and at the size `host_bandwidth` was measured at;
+    /// `None` without a bus or where not measured.
+    pub host_bandwidth_by_size: Option<SizeCurve>,
     /// Where the host bus figure came from.
     pub host_source: Source,
     /// The network the cost model prices plans on.
@@ -195,10 +206,29 @@ impl Calibration {
                 Injection::Unlimited => "no port limit".to_string(),
                 Injection::Limit(r) => format!("port {:.1} GB/s", r / 1e9),
             };
+            // Rates by call size: "(at 262144 B 30.1, at 67108864 B 9.2)".
+            let sizes = |c: Option<SizeCurve>| {
+                c.map_or(String::new(), |c| {
+                    let p = c.points();
+                    let (first, last) = (p[0], p[p.len() - 1]);
+                    format!(
+                        " (calls of {} B: {:.3}, {} B: {:.3})",
+                        first.0,
+                        first.1 / 1e9,
+                        last.0,
+                        last.1 / 1e9
+                    )
+                })
+            };
+            let by_size = sizes(l.bandwidth_by_size);
             let duplex = l.duplex.map_or(String::new(), |d| {
-                format!(" one way, {:.3} GB/s each way at once", d / 1e9)
+                format!(
+                    " one way, {:.3} GB/s each way at once{}",
+                    d / 1e9,
+                    sizes(l.duplex_by_size)
+                )
             });
-            let fast = l.curve.map_or(String::new(), |c| {
+            let fast = l.latency_by_size.map_or(String::new(), |c| {
                 let points: Vec<String> = c
                     .points()
                     .iter()
@@ -207,7 +237,7 @@ impl Calibration {
                 format!(" (by size: {} us)", points.join(", "))
             });
             s.push_str(&format!(
-                "{}: alpha {:.2} us{fast}, B {:.3} GB/s{duplex}, o {:.2} us, call {:.2} us, {port} ({}, {} pairs); ",
+                "{}: alpha {:.2} us{fast}, B {:.3} GB/s{by_size}{duplex}, o {:.2} us, call {:.2} us, {port} ({}, {} pairs); ",
                 l.kind,
                 l.alpha * 1e6,
                 l.bandwidth / 1e9,
@@ -217,15 +247,27 @@ impl Calibration {
                 l.pairs
             ));
         }
+        let cold = match (self.network.gamma_by_size, self.network.copy_by_size) {
+            (Some(g), Some(c)) => {
+                let (b, g) = g.points()[g.points().len() - 1];
+                let c = c.points()[c.points().len() - 1].1;
+                format!(" (calls of {b} B: {:.3}, {:.3})", g * 1e9, c * 1e9)
+            }
+            _ => String::new(),
+        };
         s.push_str(&format!(
-            "gamma {:.3} ns/B, copy {:.3} ns/B ({}); ",
+            "gamma {:.3} ns/B, copy {:.3} ns/B{cold} ({}); ",
             self.gamma * 1e9,
             self.copy * 1e9,
             self.reduce_source.name(),
         ));
         if self.host_bandwidth.is_finite() {
+            let hot = self.host_bandwidth_by_size.map_or(String::new(), |c| {
+                let (b, c) = c.points()[0];
+                format!(" (calls of {b} B: {:.2})", c / 1e9)
+            });
             s.push_str(&format!(
-                "host bus {:.2} GB/s ({}); ",
+                "host bus {:.2} GB/s{hot} ({}); ",
                 self.host_bandwidth / 1e9,
                 self.host_source.name()
             ));
@@ -617,6 +659,13 @@ struct Measured {
     bandwidth: f64,
     /// Bytes per second each way with both directions busy.
     duplex: f64,
+    /// The bytes of the messages `bandwidth` and `duplex` were measured
+    /// with (one buffer of that size, reused).
+    stream: f64,
+    /// [B, D] for a call of [`HOT_BYTES`], and D for one of
+    /// `cold_span(stream)` bytes; 0 where not measured.
+    hot: [f64; 2],
+    cold: f64,
     overhead: f64,
     call: f64,
     /// α at each of [`CURVE_BYTES`] but the first (which is `alpha`).
@@ -629,6 +678,19 @@ struct Measured {
 /// 2-vCPU VM, slow state, one exchange took 0.40 µs at 8 B per rank, 0.67 µs
 /// at 16 B and 0.86 µs at 512 B, where B alone adds 0.05 µs).
 pub const CURVE_BYTES: [u64; 7] = [8, 16, 64, 256, 1 << 10, 4 << 10, 16 << 10];
+
+/// The call size at which fast links' rates are also measured: buffers
+/// that stay in the caches.
+pub const HOT_BYTES: u64 = 256 << 10;
+
+/// The span of buffers the large point of the duplex rate by call size
+/// runs through, for streams of `bytes` (1 to 16 MiB): four messages, at
+/// most 32 MiB (with two or more ranks per host, input and output, beyond
+/// the 32 MiB last level cache of the VM; a larger span would cost more
+/// of the time budget in first touches than it tells).
+fn cold_span(bytes: u64) -> u64 {
+    (4 * bytes).min(32 << 20)
+}
 
 /// Links whose round trip is longer are not measured for a curve: there
 /// latency dwarfs what the size adds besides B, and the round trips would
@@ -698,21 +760,22 @@ impl Pair<'_, '_> {
     /// `both_ways` one each way at once (as in a collective's exchange, so
     /// that copies on a shared host meet the contention they meet there),
     /// then an 8-byte reply.
-    fn stream(&mut self, bytes: u64, both_ways: bool) -> Result<f64> {
+    /// The message lies at byte `at` of the buffers.
+    fn stream(&mut self, bytes: u64, at: u64, both_ways: bool) -> Result<f64> {
         let p = self.peer;
         let first = if both_ways {
-            vec![send(p, 0, bytes), recv(p, 0, bytes)]
+            vec![send(p, at, bytes), recv(p, at, bytes)]
         } else if self.initiator {
-            vec![send(p, 0, bytes)]
+            vec![send(p, at, bytes)]
         } else {
-            vec![recv(p, 0, bytes)]
+            vec![recv(p, at, bytes)]
         };
         let steps = if self.initiator {
             vec![first, vec![recv(p, 0, 8)]]
         } else {
             vec![first, vec![send(p, 0, 8)]]
         };
-        self.run(steps, bytes as usize)
+        self.run(steps, (at + bytes) as usize)
     }
 
     /// Seconds per byte of streams of `bytes` (one way, or both ways at
@@ -721,12 +784,26 @@ impl Pair<'_, '_> {
     /// the pages), so that whatever a message pays besides its bytes
     /// (latency, a peer that waits for a core) cancels out. Noise can make
     /// the slope meaningless: then the whole message less one round trip.
-    fn per_byte(&mut self, bytes: u64, both_ways: bool, rtt: f64) -> Result<f64> {
-        self.stream(bytes, both_ways)?;
+    /// The messages take turns at each `bytes` of the first `span` bytes of
+    /// the buffers: a span beyond the caches is what a call that large
+    /// gets, one message reused is what a call of `bytes` gets.
+    fn per_byte(&mut self, bytes: u64, span: u64, both_ways: bool, rtt: f64) -> Result<f64> {
+        let slots = (span / bytes).max(1);
+        let mut turn = 0u64;
+        let mut next = || {
+            turn += 1;
+            (turn % slots) * bytes
+        };
+        // Touch the whole span before timing (pages, and the lines a
+        // call's buffers would not have in the cache either).
+        let end = (slots * bytes) as usize;
+        self.input.resize(self.input.len().max(end), 1);
+        self.output.resize(self.output.len().max(end), 0);
+        self.stream(bytes, next(), both_ways)?;
         let (mut small, mut large) = ([0f64; 3], [0f64; 3]);
         for i in 0..3 {
-            small[i] = self.stream(bytes / 4, both_ways)?;
-            large[i] = self.stream(bytes, both_ways)?;
+            small[i] = self.stream(bytes / 4, next(), both_ways)?;
+            large[i] = self.stream(bytes, next(), both_ways)?;
         }
         let (t_small, t_large) = (middle(&mut small), middle(&mut large));
         let slope = (t_large - t_small) / (bytes - bytes / 4) as f64;
@@ -808,7 +885,7 @@ impl Pair<'_, '_> {
         // A probe sizes the bandwidth messages to about 2 ms both ways
         // (1 to 16 MiB).
         let probe = 256u64 << 10;
-        let t = self.stream(probe, true)?;
+        let t = self.stream(probe, 0, true)?;
         let rough = probe as f64 / (t - rtt).max(t * 0.05);
         let want = (rough * 2e-3).clamp((1u64 << 20) as f64, (16u64 << 20) as f64) as u64;
         let bytes = self.tell(want.div_ceil(64 << 10) * (64 << 10))?;
@@ -819,28 +896,45 @@ impl Pair<'_, '_> {
         // tree's leaves move at B. Links slower than 1 ms a round trip are
         // a network's, taken as full duplex: measuring both would cost
         // another 50 ms of the time budget at α = 2 ms.
-        let per_byte = self.per_byte(bytes, false, rtt)?;
-        let per_byte_both = if runs > 2 {
-            self.per_byte(bytes, true, rtt)?
-        } else {
-            0.0
-        };
+        let per_byte = self.per_byte(bytes, bytes, false, rtt)?;
+        // Fast links also by the size of the call: both rates for buffers
+        // that stay in the caches (HOT_BYTES; on the 2-vCPU VM a one-way
+        // broadcast of 4 MiB moved 35 GB/s over shared memory, one of
+        // 64 MiB 17 GB/s), and D for buffers that do not (the span of
+        // cold_span; B one way beyond the streams' size measured bimodal
+        // there, 10 or 20 GB/s, and broadcasts of 64 MiB at about the
+        // streams' B).
+        let mut rates = [0f64; 4];
+        if runs > 2 {
+            let span = cold_span(bytes);
+            let crowded = self.crowded;
+            let mut at = |bytes, span, both_ways| -> Result<f64> {
+                Ok((1.0 / self.per_byte(bytes, span, both_ways, rtt)?).min(1e13))
+            };
+            rates = [
+                at(bytes, bytes, true)?,
+                at(HOT_BYTES, HOT_BYTES, false)?,
+                at(HOT_BYTES, HOT_BYTES, true)?,
+                0.0,
+            ];
+            // Not on a crowded host: its time budget goes to taking turns.
+            if !crowded {
+                rates[3] = at(bytes, span, true)?;
+            }
+        }
         if !self.initiator {
             return Ok(None);
         }
         let bandwidth = (1.0 / per_byte).min(1e13);
-        let duplex = if per_byte_both > 0.0 {
-            (1.0 / per_byte_both).min(1e13)
-        } else {
-            0.0
-        };
+        let [duplex, hot_b, hot_d, cold_d] = rates;
         let alpha = (rtt / 2.0 - overhead).max(rtt * 0.1).max(1e-8);
         // Each size's α: the 8-byte α plus half its longer round trip,
-        // less its bytes at B.
+        // less its bytes at B (of a call that small, where measured).
+        let small_b = if hot_b > 0.0 { hot_b } else { bandwidth };
         let curve = with_curve.then(|| {
             let mut a = [0f64; CURVE_BYTES.len() - 1];
             for ((a, d), &bytes) in a.iter_mut().zip(longer).zip(&CURVE_BYTES[1..]) {
-                *a = (alpha + d / 2.0 - bytes as f64 * per_byte).max(alpha * 0.1);
+                *a = (alpha + d / 2.0 - bytes as f64 / small_b).max(alpha * 0.1);
             }
             a
         });
@@ -848,6 +942,9 @@ impl Pair<'_, '_> {
             alpha,
             bandwidth,
             duplex,
+            stream: bytes as f64,
+            hot: [hot_b, hot_d],
+            cold: cold_d,
             overhead,
             call,
             curve,
@@ -855,16 +952,34 @@ impl Pair<'_, '_> {
     }
 }
 
-/// γ and the copy cost of this host: the best of two passes over 4 MiB of
-/// f32 (after one that touches the pages), folded in 256 KiB pieces as the
-/// executor folds received pieces.
-fn measure_reduce() -> (f64, f64) {
+/// The call size of the cold γ and copy cost ([`measure_reduce`]).
+pub const COLD_REDUCE_BYTES: u64 = 16 << 20;
+
+/// γ and the copy cost of this host, seconds per byte: [γ, copy] for a
+/// call of 4 MiB, the best of two passes over 4 MiB of f32 (after one that
+/// touches the pages), folded in 256 KiB pieces as the executor folds
+/// received pieces; then, with `cold`, [γ, copy] for one of
+/// [`COLD_REDUCE_BYTES`], one pass over buffers that large, which the
+/// caches do not hold (else 0, 0).
+fn measure_reduce(cold: bool) -> [f64; 4] {
+    let [gamma, copy] = reduce_pass(4 << 20, 3);
+    let [gamma_cold, copy_cold] = if cold {
+        reduce_pass(COLD_REDUCE_BYTES as usize, 1)
+    } else {
+        [0.0; 2]
+    };
+    [gamma, copy, gamma_cold, copy_cold]
+}
+
+/// [`measure_reduce`] over `bytes`: the best of `passes` (the first of
+/// several only warms up).
+fn reduce_pass(bytes: usize, passes: usize) -> [f64; 2] {
     const PIECE: usize = (256 << 10) / 4;
-    let n = (4 << 20) / 4;
+    let n = bytes / 4;
     let src: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
     let mut dst = vec![1.0f32; n];
     let (mut gamma, mut copy) = (f64::INFINITY, f64::INFINITY);
-    for pass in 0..3 {
+    for pass in 0..passes {
         let t = Instant::now();
         for (d, s) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
             reduce_into(ReduceOp::Sum, d, s);
@@ -876,14 +991,14 @@ fn measure_reduce() -> (f64, f64) {
         }
         std::hint::black_box(&mut dst);
         let c = t.elapsed().as_secs_f64();
-        // The first pass warms the pages up.
-        if pass > 0 {
+        // The first of several passes warms the pages up.
+        if pass > 0 || passes == 1 {
             gamma = gamma.min(g);
             copy = copy.min(c);
         }
     }
     let bytes = (n * 4) as f64;
-    ((gamma / bytes).max(1e-13), (copy / bytes).max(1e-13))
+    [(gamma / bytes).max(1e-13), (copy / bytes).max(1e-13)]
 }
 
 // ---------------------------------------------------------------------------
@@ -892,22 +1007,28 @@ fn measure_reduce() -> (f64, f64) {
 
 /// Rank 0's decision for every link kind code and for γ: [source code,
 /// alpha, bandwidth, overhead, call overhead, duplex bandwidth (0: full
-/// duplex), then α at each of
+/// duplex), the bytes B and D were measured with, B and D of a call of
+/// [`HOT_BYTES`], D of one of [`cold_span`] (0: not measured), then α at each of
 /// [`CURVE_BYTES`] but the first (all 0: no curve)] per kind (source 0:
 /// measure), then
-/// [source, gamma, copy], then the port mode per kind ([`port_mode`]),
-/// then [source, bytes per second] of the host bus (0 bytes per second:
-/// none).
-const DECISION: usize = BUS_AT + 2;
+/// [source, gamma, copy, cold gamma, cold copy (0: not measured)], then
+/// the port mode per kind ([`port_mode`]),
+/// then [source, bytes per second, the call size it was measured at, bytes
+/// per second for calls of [`HOT_BYTES`]] of the host bus (0 bytes per
+/// second: none; 0 call size: one figure for every call).
+const DECISION: usize = BUS_AT + 4;
 const LINK_WIDTH: usize = CURVE_AT + CURVE_BYTES.len() - 1;
-/// Within a kind's slot: the call overhead, the duplex bandwidth, then the
-/// curve.
+/// Within a kind's slot: the call overhead, the duplex bandwidth, the rates
+/// by call size (stream bytes, hot B and D, cold D), then the curve.
 const CALL_AT: usize = 4;
 const DUPLEX_AT: usize = 5;
-const CURVE_AT: usize = 6;
+const STREAM_AT: usize = 6;
+const HOT_AT: usize = 7;
+const COLD_AT: usize = 9;
+const CURVE_AT: usize = 10;
 /// [source, gamma, copy] of the reduce kernels.
 const REDUCE_AT: usize = SLOTS * LINK_WIDTH;
-const PORTS_AT: usize = REDUCE_AT + 3;
+const PORTS_AT: usize = REDUCE_AT + 5;
 const BUS_AT: usize = PORTS_AT + SLOTS;
 
 /// Where link kind `code`'s figures lie in a decision.
@@ -976,7 +1097,16 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
                     slot[..CALL_AT].copy_from_slice(&[Source::Cached.code(), a, b, o]);
                     slot[CALL_AT] = e.number("call").unwrap_or(0.0);
                     slot[DUPLEX_AT] = e.number("duplex").unwrap_or(0.0);
-                    if let Some(curve) = e.fields.get("curve").and_then(|c| parse_curve(c)) {
+                    slot[STREAM_AT] = e.number("stream").unwrap_or(0.0);
+                    if let Some(r) = e.fields.get("hot").and_then(|r| parse_figures::<2>(r)) {
+                        slot[HOT_AT..HOT_AT + 2].copy_from_slice(&r);
+                    }
+                    slot[COLD_AT] = e.number("cold").unwrap_or(0.0);
+                    if let Some(curve) = e
+                        .fields
+                        .get("curve")
+                        .and_then(|c| parse_figures::<{ CURVE_BYTES.len() - 1 }>(c))
+                    {
                         slot[CURVE_AT..].copy_from_slice(&curve);
                     }
                 }
@@ -998,20 +1128,25 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
     } else if !config.links.is_empty() {
         Source::Override.code()
     } else {
-        match lookup(&cache, &bus_key(kinds, nranks)).and_then(|e| e.number("bandwidth")) {
-            Some(b) => {
-                d[BUS_AT + 1] = b;
+        match lookup(&cache, &bus_key(kinds, nranks)) {
+            Some(e) if e.number("bandwidth").is_some() => {
+                d[BUS_AT + 1] = e.number("bandwidth").unwrap_or(0.0);
+                d[BUS_AT + 2] = e.number("stream").unwrap_or(0.0);
+                d[BUS_AT + 3] = e.number("hot").unwrap_or(0.0);
                 Source::Cached.code()
             }
-            None => 0.0,
+            _ => 0.0,
         }
     };
     let r = &mut d[REDUCE_AT..PORTS_AT];
     if config.calibrate == Calibrate::Off {
-        r.copy_from_slice(&[Source::Default.code(), DEFAULT_GAMMA, DEFAULT_COPY]);
+        r[..3].copy_from_slice(&[Source::Default.code(), DEFAULT_GAMMA, DEFAULT_COPY]);
     } else if let Some(e) = lookup(&cache, &reduce_key()) {
         if let (Some(g), Some(c)) = (e.number("gamma"), e.number("copy")) {
-            r.copy_from_slice(&[Source::Cached.code(), g, c]);
+            r[..3].copy_from_slice(&[Source::Cached.code(), g, c]);
+            if let Some(cold) = e.fields.get("cold").and_then(|c| parse_figures::<2>(c)) {
+                r[3..].copy_from_slice(&cold);
+            }
         }
     }
     d
@@ -1114,8 +1249,17 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     let gamma_unknown = decision[REDUCE_AT] == 0.0;
     if gamma_unknown && size > 1 {
         any = true;
-        let (g, c) = measure_reduce();
-        measured[REDUCE_AT..PORTS_AT].copy_from_slice(&[Source::Measured.code(), g, c]);
+        // Not cold on a crowded host: ranks would take turns at a core for
+        // 16 MiB passes (50 ms with 4 threads on the 2-vCPU VM), past the
+        // time budget.
+        let [g, c, g_cold, c_cold] = measure_reduce(!crowded);
+        measured[REDUCE_AT..PORTS_AT].copy_from_slice(&[
+            Source::Measured.code(),
+            g,
+            c,
+            g_cold,
+            c_cold,
+        ]);
     }
     for code in 0..SLOTS {
         if pairs[code] == 0 || decision[link_slot(code).start] != 0.0 {
@@ -1142,6 +1286,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 ]);
                 slot[CALL_AT] = m.call;
                 slot[DUPLEX_AT] = m.duplex;
+                slot[STREAM_AT] = m.stream;
+                slot[HOT_AT..HOT_AT + 2].copy_from_slice(&m.hot);
+                slot[COLD_AT] = m.cold;
                 if let Some(curve) = m.curve {
                     slot[CURVE_AT..].copy_from_slice(&curve);
                 }
@@ -1195,10 +1342,30 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 .zip(std::iter::once(&alpha).chain(&from[CURVE_AT..]))
                 .map(|(&b, &a)| (b as f64, a))
                 .collect();
-            LatencyCurve::new(&points).ok()
+            SizeCurve::new(&points).ok()
         } else {
             None
         };
+        // Rates by call size: the hot point, the measured stream, and for D
+        // the cold span, where all were measured.
+        let stream = from[STREAM_AT];
+        let figure = |x: f64| x > 0.0 && x.is_finite();
+        let sized = ok && stream > HOT_BYTES as f64 && figure(stream);
+        let by_size = |points: &[(f64, f64)]| {
+            (sized && points.iter().all(|p| figure(p.1)))
+                .then(|| SizeCurve::new(points).ok())
+                .flatten()
+        };
+        let bandwidth_by_size = by_size(&[(HOT_BYTES as f64, from[HOT_AT]), (stream, bandwidth)]);
+        let duplex_by_size = duplex.and_then(|d| {
+            let points = [
+                (HOT_BYTES as f64, from[HOT_AT + 1]),
+                (stream, d),
+                (cold_span(stream as u64) as f64, from[COLD_AT]),
+            ];
+            // The cold point where measured (not on crowded hosts).
+            by_size(&points[..if figure(from[COLD_AT]) { 3 } else { 2 }])
+        });
         if source == Source::Measured && ok {
             let mut e = link_key(LINK_KINDS[code], size);
             e.fields.insert("alpha".into(), format!("{alpha:e}"));
@@ -1209,6 +1376,15 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             if from[DUPLEX_AT] > 0.0 {
                 e.fields
                     .insert("duplex".into(), format!("{:e}", from[DUPLEX_AT]));
+            }
+            if bandwidth_by_size.is_some() {
+                e.fields.insert("stream".into(), format!("{stream:e}"));
+                let hot = format!("{:e}/{:e}", from[HOT_AT], from[HOT_AT + 1]);
+                e.fields.insert("hot".into(), hot);
+                if figure(from[COLD_AT]) {
+                    e.fields
+                        .insert("cold".into(), format!("{:e}", from[COLD_AT]));
+                }
             }
             if curve.is_some() {
                 let text: Vec<String> = from[CURVE_AT..].iter().map(|a| format!("{a:e}")).collect();
@@ -1222,9 +1398,11 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             alpha,
             bandwidth,
             duplex,
+            bandwidth_by_size,
+            duplex_by_size,
             overhead,
             call_overhead,
-            curve,
+            latency_by_size: curve,
             source,
             pairs: pairs[code],
             injection: if decision[PORTS_AT + code] == 1.0 {
@@ -1243,10 +1421,24 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         Some(s) if r[1] > 0.0 && r[2] > 0.0 => (s, r[1], r[2]),
         _ => (Source::Default, DEFAULT_GAMMA, DEFAULT_COPY),
     };
+    // By call size where the cold figures were measured: 4 MiB, then
+    // COLD_REDUCE_BYTES.
+    let memory_by_size = (r[1] > 0.0 && r[2] > 0.0 && r[3] > 0.0 && r[4] > 0.0)
+        .then(|| {
+            let at = |hot: f64, cold: f64| {
+                SizeCurve::new(&[((4u64 << 20) as f64, hot), (COLD_REDUCE_BYTES as f64, cold)])
+            };
+            at(gamma, r[3]).ok().zip(at(copy, r[4]).ok())
+        })
+        .flatten();
     if reduce_source == Source::Measured {
         let mut e = reduce_key();
         e.fields.insert("gamma".into(), format!("{gamma:e}"));
         e.fields.insert("copy".into(), format!("{copy:e}"));
+        if memory_by_size.is_some() {
+            e.fields
+                .insert("cold".into(), format!("{:e}/{:e}", r[3], r[4]));
+        }
         e.fields.insert("at".into(), now_secs().to_string());
         new_entries.push(e);
     }
@@ -1255,12 +1447,13 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     let used: Vec<usize> = (0..SLOTS).filter(|&c| pairs[c] > 0).collect();
     let groups = host_groups(&hosts_of);
     let shared = groups.iter().any(|g| g.len() > 1);
-    let (host_source, host_bandwidth) = if !shared || !bus_kinds(&used) {
-        (Source::Default, f64::INFINITY)
+    let (host_source, [host_bandwidth, bus_stream, bus_hot]) = if !shared || !bus_kinds(&used) {
+        (Source::Default, [f64::INFINITY, 0.0, 0.0])
     } else if decision[BUS_AT] != 0.0 {
         let b = decision[BUS_AT + 1];
         let source = Source::from_code(decision[BUS_AT]).unwrap_or(Source::Default);
-        (source, if b > 0.0 { b } else { f64::INFINITY })
+        let b = if b > 0.0 { b } else { f64::INFINITY };
+        (source, [b, decision[BUS_AT + 2], decision[BUS_AT + 3]])
     } else {
         let guide = links
             .iter()
@@ -1276,26 +1469,39 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             Collective::AllGather,
             size,
             0,
-            Counts::Blocks(vec![1; size]),
+            Counts::Blocks(vec![3; size]),
         );
-        let mut every = vec![0f64; size];
-        wire.collective(Algorithm::Bruck, &shape, &[mine], &mut every)?;
-        let mut v: Vec<f64> = every
-            .into_iter()
-            .filter(|c| *c > 0.0 && c.is_finite())
-            .collect();
-        v.sort_by(f64::total_cmp);
-        match v.get(v.len() / 2) {
-            Some(&c) => {
+        let mut every = vec![0f64; 3 * size];
+        wire.collective(Algorithm::Bruck, &shape, &mine, &mut every)?;
+        // Per figure, the median over the ranks that share a host.
+        let median = |i: usize| {
+            let mut v: Vec<f64> = every
+                .chunks(3)
+                .filter(|m| m[0] > 0.0 && m[0].is_finite())
+                .map(|m| m[i])
+                .collect();
+            (!v.is_empty()).then(|| middle(&mut v))
+        };
+        match (median(0), median(1), median(2)) {
+            (Some(c), Some(stream), Some(hot)) => {
                 let mut e = bus_key(&kinds_name(&all[..size]), size);
                 e.fields.insert("bandwidth".into(), format!("{c:e}"));
+                e.fields.insert("stream".into(), format!("{stream:e}"));
+                e.fields.insert("hot".into(), format!("{hot:e}"));
                 e.fields.insert("at".into(), now_secs().to_string());
                 new_entries.push(e);
-                (Source::Measured, c)
+                (Source::Measured, [c, stream, hot])
             }
-            None => (Source::Default, f64::INFINITY),
+            _ => (Source::Default, [f64::INFINITY, 0.0, 0.0]),
         }
     };
+    // The bus by call size where both sizes were measured.
+    let host_bandwidth_by_size = (host_bandwidth.is_finite()
+        && bus_stream > HOT_BYTES as f64
+        && bus_hot > 0.0
+        && bus_hot.is_finite())
+    .then(|| SizeCurve::new(&[(HOT_BYTES as f64, bus_hot), (bus_stream, host_bandwidth)]).ok())
+    .flatten();
     if rank == 0 && !new_entries.is_empty() && config.calibrate != Calibrate::Off {
         if let Some(dir) = cache_dir(config.cache_dir.as_deref()) {
             let path = cache_file(&dir);
@@ -1309,6 +1515,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         }
     }
     let mut network = build_network(&kinds, &links, gamma, copy, config.chunk_bytes as u64);
+    if let Some((g, c)) = memory_by_size {
+        network = network.with_memory_by_size(g, c);
+    }
     if host_bandwidth.is_finite() {
         if let [_] = links.as_slice() {
             // One kind: hosts by identity (loopback TCP between ranks of
@@ -1318,6 +1527,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             network = network.with_hosts(Hosts::Map(map), l);
         }
         network = network.with_host_bandwidth(host_bandwidth);
+        if let Some(c) = host_bandwidth_by_size {
+            network = network.with_host_bandwidth_by_size(c);
+        }
     }
     Ok(Calibration {
         links,
@@ -1325,16 +1537,18 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         copy,
         reduce_source,
         host_bandwidth,
+        host_bandwidth_by_size,
         host_source,
         network,
         elapsed: start.elapsed(),
     })
 }
 
-/// The α values of a cached `curve` field (`a/a/…`, one per size of
-/// [`CURVE_BYTES`] but the first); `None` unless all are there and valid.
-fn parse_curve(text: &str) -> Option<[f64; CURVE_BYTES.len() - 1]> {
-    let mut curve = [0f64; CURVE_BYTES.len() - 1];
+/// The `K` figures of a cached field (`x/x/…`: the α of a `curve` at each
+/// of [`CURVE_BYTES`] but the first, B/D of `hot` and `cold`); `None`
+/// unless all are there and positive.
+fn parse_figures<const K: usize>(text: &str) -> Option<[f64; K]> {
+    let mut curve = [0f64; K];
     let mut parts = text.split('/');
     for a in curve.iter_mut() {
         *a = parts
@@ -1376,22 +1590,36 @@ fn host_map(hosts: &[f64]) -> Vec<usize> {
     map
 }
 
-/// This rank's estimate of its host bus, in message bytes per second
-/// (0 when it is alone on its host): the ranks of each host (`group`) run
-/// at once the steps of a ring all-gather (each sends to the next rank of
-/// the host and receives from the previous one, into fresh memory), at a
-/// size that takes about 2 ms per rank at the link bandwidth `guide`, and
-/// at a quarter of it; the slope between the medians of 3 (after one
-/// untimed) is what one rank gets while all stream, and the host moves
-/// that times the group's size. Every rank of the group runs the same
-/// barriers and plans, alone ones only the barriers.
-fn measure_bus(wire: &mut Wire<'_>, group: &[usize], guide: f64) -> Result<f64> {
+/// This rank's estimates of its host bus, in message bytes per second
+/// (0 when it is alone on its host), for calls of two sizes: [bus, the
+/// call size it was measured at, bus for calls of [`HOT_BYTES`]]. The
+/// ranks of each host (`group`) run at once the steps of a ring all-gather
+/// (each sends to the next rank of the host and receives from the previous
+/// one, into fresh memory), first at a size that takes about 2 ms per rank
+/// at the link bandwidth `guide`, then at one whose output is
+/// [`HOT_BYTES`] (it stays in the caches). Every rank of the group runs the
+/// same barriers and plans, alone ones only the barriers.
+fn measure_bus(wire: &mut Wire<'_>, group: &[usize], guide: f64) -> Result<[f64; 3]> {
     const MIB: u64 = 1 << 20;
+    let steps = group.len().saturating_sub(1).max(1) as u64;
+    let want = (guide * 2e-3 / steps as f64).clamp((64 << 10) as f64, (32 * MIB / steps) as f64);
+    let bytes = ((want as u64) / 4096).max(1) * 4096;
+    let hot = (HOT_BYTES / steps / 4096).max(1) * 4096;
+    Ok([
+        bus_at(wire, group, bytes)?,
+        (steps * bytes) as f64,
+        bus_at(wire, group, hot)?,
+    ])
+}
+
+/// [`measure_bus`] at `bytes` per step: the slope between the medians of 3
+/// runs of `bytes` and of a quarter of it (after one untimed run) is what
+/// one rank gets while all stream, and the host moves that times the
+/// group's size.
+fn bus_at(wire: &mut Wire<'_>, group: &[usize], bytes: u64) -> Result<f64> {
     let k = group.len();
     let me = group.iter().position(|&r| r == wire.rank);
     let steps = k.saturating_sub(1).max(1) as u64;
-    let want = (guide * 2e-3 / steps as f64).clamp((64 << 10) as f64, (32 * MIB / steps) as f64);
-    let bytes = ((want as u64) / 4096).max(1) * 4096;
     let plan = |len: u64| -> Option<Plan> {
         let i = me?;
         if k < 2 {
@@ -1463,7 +1691,7 @@ fn medians(every: &[f64], size: usize) -> Vec<f64> {
     for code in 0..SLOTS {
         pick(link_slot(code).start, LINK_WIDTH);
     }
-    pick(REDUCE_AT, 3);
+    pick(REDUCE_AT, 5);
     agreed
 }
 
@@ -1507,8 +1735,14 @@ fn build_network(
 ) -> Network {
     let link = |l: &LinkFigures| {
         let mut link = Link::new(l.alpha, l.bandwidth).with_injection(l.injection);
-        if let Some(c) = l.curve {
-            link = link.with_curve(c);
+        if let Some(c) = l.latency_by_size {
+            link = link.with_latency_by_size(c);
+        }
+        if let Some(c) = l.bandwidth_by_size {
+            link = link.with_bandwidth_by_size(c);
+        }
+        if let Some(c) = l.duplex_by_size {
+            link = link.with_duplex_by_size(c);
         }
         if let Some(d) = l.duplex {
             link = link.with_duplex(d);
@@ -1580,9 +1814,11 @@ mod tests {
             alpha,
             bandwidth: 1e9,
             duplex: None,
+            bandwidth_by_size: None,
+            duplex_by_size: None,
             overhead: 1e-7,
             call_overhead: 0.0,
-            curve: None,
+            latency_by_size: None,
             source: Source::Default,
             pairs,
             injection: Injection::Link,
@@ -1645,7 +1881,9 @@ mod tests {
     fn cached_curves_read_back_exactly_or_not_at_all() {
         let curve = [1.5e-7, 2e-7, 3.25e-7, 4e-7, 5e-7, 6.125e-7];
         let text: Vec<String> = curve.iter().map(|a| format!("{a:e}")).collect();
-        assert_eq!(parse_curve(&text.join("/")), Some(curve));
+        assert_eq!(parse_figures(&text.join("/")), Some(curve));
+        assert_eq!(parse_figures::<2>("2e9/1e9"), Some([2e9, 1e9]));
+        assert_eq!(parse_figures::<2>("2e9"), None);
         for bad in [
             "",
             "1e-7/2e-7",
@@ -1654,7 +1892,7 @@ mod tests {
             "1e-7/2e-7/0/4e-7/5e-7/6e-7",
             "1e-7/2e-7/inf/4e-7/5e-7/6e-7",
         ] {
-            assert_eq!(parse_curve(bad), None, "{bad}");
+            assert_eq!(parse_figures::<6>(bad), None, "{bad}");
         }
     }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use braid::calibrate::{Source, CURVE_BYTES};
+use braid::calibrate::{Source, CURVE_BYTES, HOT_BYTES};
 use braid::select::{model_choice, ChosenBy};
 use braid::{
     run_local, Algorithm, Calibrate, Collective, Communicator, Config, DType, LinkSpec, ReduceOp,
@@ -211,21 +211,50 @@ fn calibration_is_cached_and_reused() {
     // cache keeps it: the network below is the same, exactly).
     let link = &first.links[0];
     assert!(link.call_overhead >= 0.0 && link.call_overhead.is_finite());
-    assert_eq!(link.curve.is_some(), text.contains("curve="), "{text}");
+    assert_eq!(
+        link.latency_by_size.is_some(),
+        text.contains("curve="),
+        "{text}"
+    );
     if 3 > braid_transports::shm::online_cpus() {
         // More ranks than cores: neither is measured (scheduling noise).
         assert!(
-            link.curve.is_none() && link.call_overhead == 0.0,
+            link.latency_by_size.is_none() && link.call_overhead == 0.0,
             "{link:?}"
         );
     }
-    if let Some(curve) = &link.curve {
+    if let Some(curve) = &link.latency_by_size {
         let sizes: Vec<f64> = curve.points().iter().map(|p| p.0).collect();
         let want: Vec<f64> = CURVE_BYTES.iter().map(|&b| b as f64).collect();
         assert_eq!(sizes, want);
         assert_eq!(curve.points()[0].1, link.alpha);
         assert!(curve.points().iter().all(|p| p.1 > 0.0));
     }
+
+    // Rates by call size, cached with the rest: B from a call that stays
+    // in the caches to the streams B was measured with; D the same and,
+    // unless the host is crowded, over a span of buffers beyond them.
+    assert_eq!(
+        link.bandwidth_by_size.is_some(),
+        text.contains("hot="),
+        "{text}"
+    );
+    if let Some(curve) = &link.bandwidth_by_size {
+        let p = curve.points();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].0, HOT_BYTES as f64);
+        assert!(p[1].0 >= (1 << 20) as f64, "{p:?}");
+        assert_eq!(p[1].1, link.bandwidth);
+        assert!(p.iter().all(|x| x.1 > 0.0 && x.1.is_finite()));
+    }
+    if let Some(curve) = &link.duplex_by_size {
+        let p = curve.points();
+        let crowded = 3 > braid_transports::shm::online_cpus();
+        assert_eq!(p.len(), if crowded { 2 } else { 3 }, "{p:?}");
+        assert_eq!(Some(p[1].1), link.duplex);
+        assert_eq!(p.len() == 3, text.contains("cold="), "{text}");
+    }
+    assert!(link.duplex_by_size.is_none() || link.duplex.is_some());
 
     let second = calibrate(cfg.clone());
     assert_eq!(second.links[0].source, Source::Cached);
@@ -260,7 +289,7 @@ fn link_figures_from_the_config_replace_measuring() {
         assert!(cal
             .links
             .iter()
-            .all(|l| l.curve.is_none() && l.call_overhead == 0.0));
+            .all(|l| l.latency_by_size.is_none() && l.call_overhead == 0.0));
         // Predictions: positive, and longer for more bytes.
         for c in Collective::ALL {
             for &a in c.algorithms() {

@@ -111,6 +111,7 @@
 //! pass the best time so far (exact: the choice is the same;
 //! [`TuneOptions::exhaustive`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -149,7 +150,15 @@ pub struct Link {
     pub injection: Injection,
     /// Latency by message size, where it depends on it; `None`: `alpha`
     /// for every message.
-    pub curve: Option<LatencyCurve>,
+    pub latency_by_size: Option<SizeCurve>,
+    /// Bandwidth by the size of the call a message belongs to (its largest
+    /// per-rank buffer, in bytes), where it depends on it: buffers that
+    /// stay in the caches move faster than the streams `bandwidth` was
+    /// measured with, buffers far beyond them slower. `None`: `bandwidth`
+    /// for every call. [`Network::at_call_bytes`] resolves it.
+    pub bandwidth_by_size: Option<SizeCurve>,
+    /// [`Link::duplex`] by the size of the call, as `bandwidth_by_size`.
+    pub duplex_by_size: Option<SizeCurve>,
     /// Bytes per second in each direction while a rank both sends and
     /// receives over this class in one step, where that is below
     /// `bandwidth`: one core copies both ways (shared memory, loopback
@@ -158,30 +167,33 @@ pub struct Link {
     pub duplex: Option<f64>,
 }
 
-/// Latency α as a function of a message's payload bytes, from measured
-/// points: linear between two points, the first point's below it, the
-/// last's beyond it. Small messages are not all alike: shared memory
-/// carries 8 bytes in the very line the receiver polls but more through a
-/// ring, cache line by cache line (on the 2-vCPU VM, in its slow state, one
-/// exchange took 0.40 µs at 8 B per rank, 0.67 µs at 16 B and 0.86 µs at
-/// 512 B, where B alone adds 0.05 µs).
+/// A figure as a function of a size in bytes, from measured points: linear
+/// between two points, the first point's below it, the last's beyond it.
+///
+/// Latency by message size ([`Link::latency_by_size`]): small messages are
+/// not all alike: shared memory carries 8 bytes in the very line the
+/// receiver polls but more through a ring, cache line by cache line (on the
+/// 2-vCPU VM, in its slow state, one exchange took 0.40 µs at 8 B per rank,
+/// 0.67 µs at 16 B and 0.86 µs at 512 B, where B alone adds 0.05 µs).
+/// Bandwidth by call size ([`Link::bandwidth_by_size`]): over shared memory
+/// on the same VM a one-way 4 MiB broadcast moved 35 GB/s, 64 MiB 17 GB/s.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LatencyCurve {
-    points: [(f64, f64); LatencyCurve::MAX_POINTS],
+pub struct SizeCurve {
+    points: [(f64, f64); SizeCurve::MAX_POINTS],
     len: usize,
 }
 
-impl LatencyCurve {
+impl SizeCurve {
     /// The most points a curve holds.
     pub const MAX_POINTS: usize = 8;
 
-    /// A curve through `points` (payload bytes, α in seconds), sizes
-    /// strictly increasing, α finite and ≥ 0; 1 to [`Self::MAX_POINTS`].
-    pub fn new(points: &[(f64, f64)]) -> Result<LatencyCurve, CostError> {
+    /// A curve through `points` (bytes, value), sizes strictly increasing,
+    /// values finite and ≥ 0; 1 to [`Self::MAX_POINTS`].
+    pub fn new(points: &[(f64, f64)]) -> Result<SizeCurve, CostError> {
         let bad = |what: &str| {
             Err(CostError::Network(format!(
-                "latency curve {points:?}: {what}; expected 1 to {} (bytes, seconds) points, \
-                 sizes increasing, latencies finite and >= 0",
+                "size curve {points:?}: {what}; expected 1 to {} (bytes, value) points, \
+                 sizes increasing, values finite and >= 0",
                 Self::MAX_POINTS
             )))
         };
@@ -192,12 +204,12 @@ impl LatencyCurve {
             .iter()
             .any(|&(b, a)| !(b.is_finite() && b >= 0.0 && a.is_finite() && a >= 0.0))
         {
-            return bad("a size or latency is out of range");
+            return bad("a size or value is out of range");
         }
         if points.windows(2).any(|w| w[1].0 <= w[0].0) {
             return bad("sizes do not increase");
         }
-        let mut c = LatencyCurve {
+        let mut c = SizeCurve {
             points: [(0.0, 0.0); Self::MAX_POINTS],
             len: points.len(),
         };
@@ -210,8 +222,8 @@ impl LatencyCurve {
         &self.points[..self.len]
     }
 
-    /// α of a message of `bytes`.
-    pub fn alpha_at(&self, bytes: f64) -> f64 {
+    /// The value at `bytes`.
+    pub fn at(&self, bytes: f64) -> f64 {
         let p = self.points();
         let (first, last) = (p[0], p[p.len() - 1]);
         if bytes <= first.0 {
@@ -234,7 +246,9 @@ impl Link {
             alpha,
             bandwidth,
             injection: Injection::Link,
-            curve: None,
+            latency_by_size: None,
+            bandwidth_by_size: None,
+            duplex_by_size: None,
             duplex: None,
         }
     }
@@ -248,19 +262,55 @@ impl Link {
         }
     }
 
-    /// The same link with its latency given by `curve` (see
-    /// [`LatencyCurve`]).
-    pub fn with_curve(self, curve: LatencyCurve) -> Link {
+    /// The same link with its latency by message size ([`SizeCurve`] of
+    /// seconds).
+    pub fn with_latency_by_size(self, curve: SizeCurve) -> Link {
         Link {
-            curve: Some(curve),
+            latency_by_size: Some(curve),
             ..self
+        }
+    }
+
+    /// The same link with its bandwidth by call size ([`SizeCurve`] of
+    /// bytes per second; [`Link::bandwidth_by_size`]).
+    pub fn with_bandwidth_by_size(self, curve: SizeCurve) -> Link {
+        Link {
+            bandwidth_by_size: Some(curve),
+            ..self
+        }
+    }
+
+    /// The same link with its duplex rate by call size ([`SizeCurve`] of
+    /// bytes per second; [`Link::duplex_by_size`]).
+    pub fn with_duplex_by_size(self, curve: SizeCurve) -> Link {
+        Link {
+            duplex_by_size: Some(curve),
+            ..self
+        }
+    }
+
+    /// Whether the link's rates depend on the call's size.
+    fn by_call_size(&self) -> bool {
+        self.bandwidth_by_size.is_some() || self.duplex_by_size.is_some()
+    }
+
+    /// The link as a call whose largest per-rank buffer is `bytes` sees it:
+    /// bandwidth and duplex rate from their curves, if any.
+    pub fn at_call_bytes(&self, bytes: u64) -> Link {
+        let b = bytes as f64;
+        Link {
+            bandwidth: self.bandwidth_by_size.map_or(self.bandwidth, |c| c.at(b)),
+            duplex: self.duplex_by_size.map(|c| c.at(b)).or(self.duplex),
+            bandwidth_by_size: None,
+            duplex_by_size: None,
+            ..*self
         }
     }
 
     /// The latency of a message of `bytes`.
     pub fn alpha_for(&self, bytes: f64) -> f64 {
-        match &self.curve {
-            Some(c) => c.alpha_at(bytes),
+        match &self.latency_by_size {
+            Some(c) => c.at(bytes),
             None => self.alpha,
         }
     }
@@ -312,6 +362,15 @@ pub struct Network {
     pub gamma: f64,
     /// Seconds per byte of a local `Copy`.
     pub copy: f64,
+    /// γ and the copy cost by the size of the call (its largest per-rank
+    /// buffer), where they depend on it: a call whose buffers stay in the
+    /// caches folds and copies faster than one whose buffers do not (on
+    /// the 2-vCPU VM a 4 MiB copy ran at 50–60 GB/s, one of 64 MiB at
+    /// 18 GB/s). `None`: `gamma` and `copy` for every call.
+    /// [`Network::at_call_bytes`] resolves them.
+    pub gamma_by_size: Option<SizeCurve>,
+    /// See [`Network::gamma_by_size`].
+    pub copy_by_size: Option<SizeCurve>,
     /// Seconds per message, at the sender, occupying its port.
     pub overhead: f64,
     /// Bytes per piece the executor streams a payload in (a `RecvReduce`
@@ -329,6 +388,11 @@ pub struct Network {
     /// from when it is free, first come first served, and has not left its
     /// sender before then. Infinite (the default): no such limit.
     pub host_bandwidth: f64,
+    /// The host bus by the size of the call (its largest per-rank buffer),
+    /// where it depends on it: buffers that stay in the caches do not load
+    /// memory as streams beyond them do. `None`: `host_bandwidth` for every
+    /// call. [`Network::at_call_bytes`] resolves it.
+    pub host_bandwidth_by_size: Option<SizeCurve>,
     /// Seconds a call costs besides its steps (entering and leaving the
     /// library, setting a plan up), added to every rank's finish.
     pub call_overhead: f64,
@@ -346,10 +410,13 @@ impl Network {
             hosts: Hosts::Blocks(1),
             gamma: 0.0,
             copy: 0.0,
+            gamma_by_size: None,
+            copy_by_size: None,
             overhead: 0.0,
             pipeline_bytes: DEFAULT_PIPELINE_BYTES,
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             host_bandwidth: f64::INFINITY,
+            host_bandwidth_by_size: None,
             call_overhead: 0.0,
         }
     }
@@ -367,6 +434,25 @@ impl Network {
     pub fn with_host_bandwidth(self, bytes_per_second: f64) -> Network {
         Network {
             host_bandwidth: bytes_per_second,
+            ..self
+        }
+    }
+
+    /// The same network with its host bus by call size ([`SizeCurve`] of
+    /// bytes per second; [`Network::host_bandwidth_by_size`]).
+    pub fn with_host_bandwidth_by_size(self, curve: SizeCurve) -> Network {
+        Network {
+            host_bandwidth_by_size: Some(curve),
+            ..self
+        }
+    }
+
+    /// The same network with γ and the copy cost by call size
+    /// ([`SizeCurve`]s of seconds per byte; [`Network::gamma_by_size`]).
+    pub fn with_memory_by_size(self, gamma: SizeCurve, copy: SizeCurve) -> Network {
+        Network {
+            gamma_by_size: Some(gamma),
+            copy_by_size: Some(copy),
             ..self
         }
     }
@@ -422,6 +508,39 @@ impl Network {
         }
     }
 
+    /// The network as a call whose largest per-rank buffer is `bytes` sees
+    /// it ([`Link::at_call_bytes`] on both classes, the host bus from its
+    /// curve); borrowed when nothing depends on the call's size.
+    pub fn at_call_bytes(&self, bytes: u64) -> Cow<'_, Network> {
+        if !self.by_call_size() {
+            return Cow::Borrowed(self);
+        }
+        Cow::Owned(Network {
+            inter: self.inter.at_call_bytes(bytes),
+            intra: self.intra.at_call_bytes(bytes),
+            host_bandwidth: self
+                .host_bandwidth_by_size
+                .map_or(self.host_bandwidth, |c| c.at(bytes as f64)),
+            host_bandwidth_by_size: None,
+            gamma: self
+                .gamma_by_size
+                .map_or(self.gamma, |c| c.at(bytes as f64)),
+            gamma_by_size: None,
+            copy: self.copy_by_size.map_or(self.copy, |c| c.at(bytes as f64)),
+            copy_by_size: None,
+            ..self.clone()
+        })
+    }
+
+    /// Whether a rate depends on the call's size.
+    fn by_call_size(&self) -> bool {
+        self.inter.by_call_size()
+            || self.intra.by_call_size()
+            || self.host_bandwidth_by_size.is_some()
+            || self.gamma_by_size.is_some()
+            || self.copy_by_size.is_some()
+    }
+
     /// The host of `rank` (`usize::MAX` when a [`Hosts::Map`] does not name it).
     pub fn host_of(&self, rank: usize) -> usize {
         match &self.hosts {
@@ -460,6 +579,16 @@ impl Network {
                     l.bandwidth
                 ));
             }
+            for (what, c) in [
+                ("bandwidth", &l.bandwidth_by_size),
+                ("duplex", &l.duplex_by_size),
+            ] {
+                if c.is_some_and(|c| c.points().iter().any(|p| p.1 <= 0.0)) {
+                    return bad(format!(
+                        "{name} {what} by size must be > 0 bytes/s at every point"
+                    ));
+                }
+            }
             if let Some(d) = l.duplex {
                 if !(d.is_finite() && d > 0.0) {
                     return bad(format!(
@@ -474,6 +603,12 @@ impl Network {
                     ));
                 }
             }
+        }
+        if self
+            .host_bandwidth_by_size
+            .is_some_and(|c| c.points().iter().any(|p| p.1 <= 0.0))
+        {
+            return bad("host bandwidth by size must be > 0 bytes/s at every point".into());
         }
         if self.host_bandwidth.is_nan() || self.host_bandwidth <= 0.0 {
             return bad(format!(
@@ -1740,7 +1875,13 @@ pub fn price(plans: &[Plan], net: &Network, elem_bytes: u64) -> Result<Estimate,
         }
         ranks.push(compact(&mut book, plan, r, &mut ops, elem)?);
     }
-    run_engine(&Compacted { book, ranks }, net, elem, f64::INFINITY)
+    let largest = plans
+        .iter()
+        .map(|p| p.input_len.max(p.output_len))
+        .max()
+        .unwrap_or(0);
+    let net = net.at_call_bytes(largest.saturating_mul(elem_bytes));
+    run_engine(&Compacted { book, ranks }, &net, elem, f64::INFINITY)
 }
 
 /// Generates every rank's plan for `algorithm` on `shape` (one rank at a
@@ -1789,16 +1930,43 @@ fn price_call_before(
 ) -> Result<Estimate, CostError> {
     let elem = check_elem(elem_bytes)?;
     net.check(shape.nranks)?;
+    let net = net.at_call_bytes(shape.largest_buffer().saturating_mul(elem_bytes));
     let c = generate_compact(algorithm, shape, options, elem, max_messages)?;
-    run_engine(&c, net, elem, cutoff)
+    run_engine(&c, &net, elem, cutoff)
 }
 
 /// A lower bound on the time of any set of plans that includes `plan`, on
 /// `net`: the rank's own work, counted without waiting for anyone. Its steps
 /// run one after another, each its local actions and then its sends, which
 /// share the rank's port of their link class (different classes in
-/// parallel); and everything it receives passes its ejection ports.
+/// parallel); and everything it receives passes its ejection ports. A link
+/// whose bandwidth depends on the call's size counts at its fastest (pass
+/// [`Network::at_call_bytes`] for a tighter bound).
 pub fn lower_bound(plan: &Plan, net: &Network, elem_bytes: u64) -> f64 {
+    let fastest = |l: &Link| Link {
+        bandwidth: l.bandwidth_by_size.map_or(l.bandwidth, |c| {
+            c.points().iter().fold(l.bandwidth, |m, p| m.max(p.1))
+        }),
+        bandwidth_by_size: None,
+        duplex_by_size: None,
+        ..*l
+    };
+    let owned;
+    let net = if net.by_call_size() {
+        let least = |v: f64, c: Option<SizeCurve>| {
+            c.map_or(v, |c| c.points().iter().fold(v, |m, p| m.min(p.1)))
+        };
+        owned = Network {
+            inter: fastest(&net.inter),
+            intra: fastest(&net.intra),
+            gamma: least(net.gamma, net.gamma_by_size),
+            copy: least(net.copy, net.copy_by_size),
+            ..net.clone()
+        };
+        &owned
+    } else {
+        net
+    };
     let elem = elem_bytes as f64;
     let o = net.overhead;
     // Time a message of `b` bytes holds a port of `l`, or the wire when
@@ -2081,6 +2249,8 @@ pub fn tune(
     let shape = shape_for(collective, bytes, nranks, elem_bytes, opts.root)?;
     net.check(nranks)?;
     let actual = shape.largest_buffer().saturating_mul(elem_bytes);
+    // Every candidate is priced on the links as a call of this size sees them.
+    let net = &*net.at_call_bytes(actual);
     let algorithms: Vec<Algorithm> = match &opts.algorithms {
         Some(list) => {
             if let Some(a) = list.iter().find(|a| !a.supports(collective)) {

@@ -30,7 +30,7 @@ pub use blocks::{block_offsets, even_blocks};
 pub mod cost;
 pub use cost::{
     lower_bound, price, price_call, price_call_within, shape_for, tune, Breakdown, Candidate,
-    CostError, Estimate, Hosts, Injection, LatencyCurve, Link, Network, TuneOptions, Tuning,
+    CostError, Estimate, Hosts, Injection, Link, Network, SizeCurve, TuneOptions, Tuning,
 };
 
 mod bruck;

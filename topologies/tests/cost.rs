@@ -12,8 +12,8 @@
 use braid_topologies::cost::pipelines;
 use braid_topologies::{
     even_blocks, generate, lower_bound, price, price_call, price_call_within, tune, Action,
-    Algorithm, BufferId, Collective, CostError, Counts, Estimate, Hosts, Injection, LatencyCurve,
-    Link, Network, Plan, PlanOptions, Region, Shape, Step, TuneOptions,
+    Algorithm, BufferId, Collective, CostError, Counts, Estimate, Hosts, Injection, Link, Network,
+    Plan, PlanOptions, Region, Shape, SizeCurve, Step, TuneOptions,
 };
 
 const ALPHA: f64 = 5e-6;
@@ -513,7 +513,7 @@ fn latency_follows_the_curve_of_message_sizes() {
     // α by payload: 1 µs up to 8 B (shared memory's inline writes), 3 µs at
     // 64 B, then linear up to α at 4 KiB and flat beyond. A ring all-gather
     // pays α(block) on each of its N−1 steps.
-    let curve = LatencyCurve::new(&[(8.0, 1e-6), (64.0, 3e-6), (4096.0, ALPHA)]).unwrap();
+    let curve = SizeCurve::new(&[(8.0, 1e-6), (64.0, 3e-6), (4096.0, ALPHA)]).unwrap();
     let at = |b: f64| {
         if b <= 8.0 {
             1e-6
@@ -531,11 +531,11 @@ fn latency_follows_the_curve_of_message_sizes() {
     {
         let nf = n as f64;
         let mut net = base;
-        net.inter = net.inter.with_curve(curve);
+        net.inter = net.inter.with_latency_by_size(curve);
         net.intra = net.inter;
         for per_rank in [1u64, 2, 3, 16, 36, 1000, 2000] {
             let b = (per_rank * ELEM) as f64;
-            close(curve.alpha_at(b), at(b), &format!("the curve at {b} B"));
+            close(curve.at(b), at(b), &format!("the curve at {b} B"));
             let e = priced(
                 Algorithm::Ring,
                 &blocks(Collective::AllGather, n, per_rank),
@@ -556,10 +556,116 @@ fn latency_follows_the_curve_of_message_sizes() {
         &[(1.0, 1e-6); 9],
     ] {
         assert!(
-            matches!(LatencyCurve::new(bad), Err(CostError::Network(_))),
+            matches!(SizeCurve::new(bad), Err(CostError::Network(_))),
             "{bad:?} accepted"
         );
     }
+}
+
+#[test]
+fn bandwidth_and_duplex_follow_the_size_of_the_call() {
+    // B by the call's largest buffer: 4 GB/s up to 256 KiB (in the
+    // caches), 1 GB/s at 16 MiB, 0.5 GB/s from 64 MiB; D half of B.
+    let points = [
+        (256.0 * 1024.0, 4e9),
+        (16.0 * 1048576.0, 1e9),
+        (64.0 * 1048576.0, 0.5e9),
+    ];
+    let b_curve = SizeCurve::new(&points).unwrap();
+    let d_curve = SizeCurve::new(&points.map(|(s, b)| (s, b / 2.0))).unwrap();
+    let at = |s: f64| {
+        if s <= points[0].0 {
+            points[0].1
+        } else if s <= points[1].0 {
+            points[0].1
+                + (points[1].1 - points[0].1) * (s - points[0].0) / (points[1].0 - points[0].0)
+        } else if s <= points[2].0 {
+            points[1].1
+                + (points[2].1 - points[1].1) * (s - points[1].0) / (points[2].0 - points[1].0)
+        } else {
+            points[2].1
+        }
+    };
+    for (n, base) in [2usize, 3, 8]
+        .into_iter()
+        .flat_map(|n| both().map(|m| (n, m)))
+    {
+        let nf = n as f64;
+        let mut net = base;
+        net.inter = net
+            .inter
+            .with_duplex(BW)
+            .with_bandwidth_by_size(b_curve)
+            .with_duplex_by_size(d_curve);
+        net.intra = net.inter;
+        // Elements per rank: a call of 64 KiB … 128 MiB (N = 8).
+        for per_rank in [2048u64, 100_000, 1 << 20, 4 << 20] {
+            let b = (per_rank * ELEM) as f64;
+            let call = b * nf;
+            let what = format!("N={n}, {per_rank} elements per rank ({call} B call)");
+            close(b_curve.at(call), at(call), &what);
+            // A ring all-gather exchanges: (N−1)(α + b/D(S)).
+            let shape = blocks(Collective::AllGather, n, per_rank);
+            let e = priced(Algorithm::Ring, &shape, 0, &net);
+            close(e.time, (nf - 1.0) * (ALPHA + b / (at(call) / 2.0)), &what);
+            // The same from the plans themselves.
+            let plans: Vec<Plan> = (0..n)
+                .map(|r| generate(Algorithm::Ring, &shape, r, &PlanOptions::default()).unwrap())
+                .collect();
+            close(price(&plans, &net, ELEM).unwrap().time, e.time, &what);
+            // The bound counts the link at its fastest, so it stays a bound.
+            assert!(
+                lower_bound(&plans[0], &net, ELEM) <= e.time * (1.0 + 1e-12),
+                "{what}"
+            );
+            // A ring reduce-scatter also folds at γ(S): 4·γ up to 256 KiB,
+            // γ from 16 MiB on.
+            let gammas =
+                SizeCurve::new(&[(points[0].0, 4.0 * GAMMA), (points[1].0, GAMMA)]).unwrap();
+            let copies = SizeCurve::new(&[(1.0, 0.0)]).unwrap();
+            let folding = net.clone().with_memory_by_size(gammas, copies);
+            let e = priced(
+                Algorithm::Ring,
+                &blocks(Collective::ReduceScatter, n, per_rank),
+                0,
+                &folding,
+            );
+            close(
+                e.time,
+                (nf - 1.0) * (ALPHA + b / (at(call) / 2.0) + b * gammas.at(call)),
+                &what,
+            );
+            // A star broadcast of the call's size sends one way at B(S).
+            let shape = single(Collective::Broadcast, n, per_rank * n as u64);
+            let e = priced(Algorithm::Star, &shape, 0, &net);
+            close(e.time, ALPHA + (nf - 1.0) * call / at(call), &what);
+        }
+    }
+    // Resolving gives a plain link; a network without curves is borrowed.
+    let net = Network::uniform(ALPHA, BW);
+    assert!(matches!(
+        net.at_call_bytes(1 << 20),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    let link = Link::new(ALPHA, BW)
+        .with_bandwidth_by_size(b_curve)
+        .at_call_bytes(1 << 40);
+    assert_eq!((link.bandwidth, link.bandwidth_by_size), (0.5e9, None));
+    // A rate of 0 anywhere on a curve is an error.
+    let mut bad = net;
+    bad.inter = bad
+        .inter
+        .with_bandwidth_by_size(SizeCurve::new(&[(1.0, 1e9), (2.0, 0.0)]).unwrap());
+    assert!(matches!(
+        price_call(
+            Algorithm::Ring,
+            &blocks(Collective::AllGather, 2, 8),
+            &PlanOptions::default(),
+            &bad,
+            ELEM
+        ),
+        Err(CostError::Network(_))
+    ));
 }
 
 #[test]
@@ -890,13 +996,19 @@ fn pruned_tuning_chooses_as_the_exhaustive_one() {
         Network::uniform(2e-6, 12.5e9).with_overhead(0.2e-6),
         {
             // Shared memory as calibrated: latency by size, a call cost, a
-            // core that copies both ways.
+            // core that copies both ways, bandwidth by the call's size.
             let mut shm = Network::uniform(0.2e-6, 10e9)
                 .with_overhead(0.1e-6)
                 .with_call_overhead(0.3e-6);
             let curve =
-                LatencyCurve::new(&[(8.0, 0.1e-6), (64.0, 0.3e-6), (16384.0, 0.2e-6)]).unwrap();
-            shm.inter = shm.inter.with_curve(curve).with_duplex(4e9);
+                SizeCurve::new(&[(8.0, 0.1e-6), (64.0, 0.3e-6), (16384.0, 0.2e-6)]).unwrap();
+            let by_size =
+                SizeCurve::new(&[(262144.0, 20e9), (4194304.0, 10e9), (67108864.0, 6e9)]).unwrap();
+            shm.inter = shm
+                .inter
+                .with_latency_by_size(curve)
+                .with_duplex(4e9)
+                .with_bandwidth_by_size(by_size);
             shm.intra = shm.inter;
             shm
         },
@@ -1181,6 +1293,35 @@ fn concurrent_transfers_on_one_host_share_its_bus() {
             }
         }
     }
+}
+
+#[test]
+fn the_host_bus_follows_the_size_of_the_call() {
+    // A bus of 8·B for calls up to 64 KiB, 0.5·B from 4 MiB: four ranks of
+    // one host moving s each take max(s/B, 4·s/C(S)) with S = s.
+    let curve = SizeCurve::new(&[(65536.0, 8.0 * BW), (4194304.0, 0.5 * BW)]).unwrap();
+    for count in [1024u64, 100_000, 2_000_000] {
+        let s = (count * ELEM) as f64;
+        let l = net().inter;
+        let net = net()
+            .with_hosts(Hosts::Blocks(4), l)
+            .with_host_bandwidth(BW)
+            .with_host_bandwidth_by_size(curve);
+        let e = price(&host_rings(4, 4, count), &net, ELEM).unwrap();
+        close(
+            e.time,
+            ALPHA + (s / BW).max(4.0 * s / curve.at(s)),
+            &format!("{s} B each"),
+        );
+        let resolved = net.at_call_bytes(s as u64);
+        assert_eq!(resolved.host_bandwidth, curve.at(s));
+        assert_eq!(resolved.host_bandwidth_by_size, None);
+    }
+    let bad = net().with_host_bandwidth_by_size(SizeCurve::new(&[(1.0, 0.0)]).unwrap());
+    assert!(matches!(
+        price(&host_rings(2, 2, 8), &bad, ELEM),
+        Err(CostError::Network(_))
+    ));
 }
 
 #[test]
