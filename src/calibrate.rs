@@ -635,6 +635,11 @@ struct Pair<'w, 'a> {
     initiator: bool,
     /// This rank's host runs more ranks than it has cores.
     crowded: bool,
+    /// The kind moves bytes through host memory (`local`, `shm`, `tcp`):
+    /// its rates depend on the size of the call. Not so a wire (`shaped`
+    /// emulates one; its shaping lets a 256 KiB burst pass at 1.2–1.7 GB/s
+    /// where it caps 10 Gbit/s).
+    by_memory: bool,
     input: Vec<u8>,
     output: Vec<u8>,
 }
@@ -893,33 +898,34 @@ impl Pair<'_, '_> {
         // both ways (shared memory, loopback TCP) the second is lower (on
         // the 2-vCPU VM 0.8 of B over shm, 0.5 over TCP), and a
         // collective's exchange steps move at it while a star's root or a
-        // tree's leaves move at B. Links slower than 1 ms a round trip are
-        // a network's, taken as full duplex: measuring both would cost
-        // another 50 ms of the time budget at α = 2 ms.
+        // tree's leaves move at B. Other links slower than 1 ms a round
+        // trip are a network's, taken as full duplex: measuring both would
+        // cost another 50 ms of the time budget at α = 2 ms. (Links
+        // through memory are measured whatever their round trip: on a
+        // crowded host it can pass 1 ms waiting for a core.)
         let per_byte = self.per_byte(bytes, bytes, false, rtt)?;
-        // Fast links also by the size of the call: both rates for buffers
-        // that stay in the caches (HOT_BYTES; on the 2-vCPU VM a one-way
-        // broadcast of 4 MiB moved 35 GB/s over shared memory, one of
-        // 64 MiB 17 GB/s), and D for buffers that do not (the span of
-        // cold_span; B one way beyond the streams' size measured bimodal
-        // there, 10 or 20 GB/s, and broadcasts of 64 MiB at about the
-        // streams' B).
+        // Fast links through memory also by the size of the call: both
+        // rates for buffers that stay in the caches (HOT_BYTES; on the
+        // 2-vCPU VM a one-way broadcast of 4 MiB moved 35 GB/s over shared
+        // memory, one of 64 MiB 17 GB/s), and D for buffers that do not
+        // (the span of cold_span; B one way beyond the streams' size
+        // measured bimodal there, 10 or 20 GB/s, and broadcasts of 64 MiB
+        // at about the streams' B).
         let mut rates = [0f64; 4];
-        if runs > 2 {
+        if runs > 2 || self.by_memory {
             let span = cold_span(bytes);
-            let crowded = self.crowded;
+            let (crowded, by_memory) = (self.crowded, self.by_memory);
             let mut at = |bytes, span, both_ways| -> Result<f64> {
                 Ok((1.0 / self.per_byte(bytes, span, both_ways, rtt)?).min(1e13))
             };
-            rates = [
-                at(bytes, bytes, true)?,
-                at(HOT_BYTES, HOT_BYTES, false)?,
-                at(HOT_BYTES, HOT_BYTES, true)?,
-                0.0,
-            ];
-            // Not on a crowded host: its time budget goes to taking turns.
-            if !crowded {
-                rates[3] = at(bytes, span, true)?;
+            rates[0] = at(bytes, bytes, true)?;
+            if by_memory {
+                rates[1] = at(HOT_BYTES, HOT_BYTES, false)?;
+                rates[2] = at(HOT_BYTES, HOT_BYTES, true)?;
+                // Not on a crowded host: its time budget goes to taking turns.
+                if !crowded {
+                    rates[3] = at(bytes, span, true)?;
+                }
             }
         }
         if !self.initiator {
@@ -1273,6 +1279,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 peer,
                 initiator,
                 crowded,
+                by_memory: bus_kinds(&[code]),
                 input: Vec::new(),
                 output: Vec::new(),
             };
