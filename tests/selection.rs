@@ -231,12 +231,15 @@ fn calibration_is_cached_and_reused() {
         assert!(curve.points().iter().all(|p| p.1 > 0.0));
     }
 
-    // Rates by call size, cached with the rest: B from a call that stays
-    // in the caches to the streams B was measured with; D the same and,
-    // unless the host is crowded, over a span of buffers beyond them.
+    // Rates by call size, cached with the rest, unless the host is crowded:
+    // B from a call that stays in the caches to the streams B was measured
+    // with; D the same and over a span of buffers beyond them.
+    let crowded = 3 > braid_transports::shm::online_cpus();
+    let link_line = text.lines().find(|l| l.starts_with("link")).unwrap();
+    assert_eq!(link.bandwidth_by_size.is_some(), !crowded, "{link:?}");
     assert_eq!(
         link.bandwidth_by_size.is_some(),
-        text.contains("hot="),
+        link_line.contains("hot="),
         "{text}"
     );
     if let Some(curve) = &link.bandwidth_by_size {
@@ -248,11 +251,9 @@ fn calibration_is_cached_and_reused() {
         assert!(p.iter().all(|x| x.1 > 0.0 && x.1.is_finite()));
     }
     if let Some(curve) = &link.duplex_by_size {
-        let p = curve.points();
-        let crowded = 3 > braid_transports::shm::online_cpus();
-        assert_eq!(p.len(), if crowded { 2 } else { 3 }, "{p:?}");
-        assert_eq!(Some(p[1].1), link.duplex);
-        assert_eq!(p.len() == 3, text.contains("cold="), "{text}");
+        assert_eq!(curve.points().len(), 3);
+        assert_eq!(Some(curve.points()[1].1), link.duplex);
+        assert!(link_line.contains("cold="), "{text}");
     }
     assert!(link.duplex_by_size.is_none() || link.duplex.is_some());
 

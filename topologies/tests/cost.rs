@@ -189,9 +189,13 @@ fn ring_reduce_overlaps_transfer_piece_by_piece() {
 
 #[test]
 fn ring_all_gather_and_reduce_scatter() {
-    for (n, net) in [2usize, 3, 6, 8, 17]
+    // Also with a duplex rate D: every ring step sends and receives, so
+    // each block moves at D instead of B.
+    let d = BW / 2.5;
+    for (n, net, rate) in [2usize, 3, 6, 8, 17]
         .into_iter()
         .flat_map(|n| both().map(|m| (n, m)))
+        .flat_map(|(n, m)| [(n, m.clone(), BW), (n, duplex(m, d), d)])
     {
         let per = 3000u64;
         let nf = n as f64;
@@ -204,8 +208,8 @@ fn ring_all_gather_and_reduce_scatter() {
         );
         close(
             e.time,
-            (nf - 1.0) * (ALPHA + b / BW),
-            &format!("ring all_gather N={n}"),
+            (nf - 1.0) * (ALPHA + b / rate),
+            &format!("ring all_gather N={n} at {rate:e} B/s"),
         );
         let e = priced(
             Algorithm::Ring,
@@ -215,8 +219,8 @@ fn ring_all_gather_and_reduce_scatter() {
         );
         close(
             e.time,
-            (nf - 1.0) * (ALPHA + b / BW + b * GAMMA),
-            &format!("ring reduce_scatter N={n}"),
+            (nf - 1.0) * (ALPHA + b / rate + b * GAMMA),
+            &format!("ring reduce_scatter N={n} at {rate:e} B/s"),
         );
     }
 }
@@ -242,19 +246,8 @@ fn a_rank_that_sends_and_receives_at_once_moves_each_way_at_the_duplex_rate() {
     {
         let nf = n as f64;
         let net = duplex(net, d);
-        // Every ring step both sends and receives: (N−1)(α + S/(N·D)).
-        let e = priced(
-            Algorithm::Ring,
-            &blocks(Collective::AllGather, n, per),
-            0,
-            &net,
-        );
-        close(
-            e.time,
-            (nf - 1.0) * (ALPHA + b / d),
-            &format!("ring all_gather N={n}, duplex"),
-        );
-        // A star's root only sends, its leaves only receive: one way at B.
+        // (The ring, which sends and receives in every step, is in
+        // ring_all_gather_and_reduce_scatter.) A star's root only sends, its leaves only receive: one way at B.
         let e = priced(
             Algorithm::Star,
             &single(Collective::Broadcast, n, per),
