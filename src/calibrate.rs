@@ -959,7 +959,8 @@ impl Pair<'_, '_> {
     }
 }
 
-/// The call size of the cold γ and copy cost ([`measure_reduce`]).
+/// The call size at which γ and the copy cost are measured again, over
+/// buffers the caches of a host running two ranks or more do not hold.
 pub const COLD_REDUCE_BYTES: u64 = 16 << 20;
 
 /// γ and the copy cost of this host, seconds per byte: [γ, copy] for a
