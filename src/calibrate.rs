@@ -131,11 +131,12 @@ pub struct LinkFigures {
     /// `None`: full duplex, or not measured.
     pub duplex: Option<f64>,
     /// B by the size of a call ([`braid_topologies::Link::bandwidth_by_size`]):
-    /// at [`HOT_BYTES`], at the streams B was measured with, and over a
-    /// span of buffers beyond the caches; `None` where not measured (links
-    /// slower than 1 ms a round trip, `BRAID_LINK`, defaults).
+    /// at [`HOT_BYTES`] and at the streams B was measured with; `None`
+    /// where not measured (kinds other than `local`, `shm` and `tcp`,
+    /// crowded hosts, `BRAID_LINK`, defaults).
     pub bandwidth_by_size: Option<SizeCurve>,
-    /// The duplex rate by the size of a call, as `bandwidth_by_size`.
+    /// The duplex rate by the size of a call: as `bandwidth_by_size`, and
+    /// over a span of buffers beyond the caches.
     pub duplex_by_size: Option<SizeCurve>,
     /// Per-message overhead o in seconds.
     pub overhead: f64,
@@ -206,7 +207,8 @@ impl Calibration {
                 Injection::Unlimited => "no port limit".to_string(),
                 Injection::Limit(r) => format!("port {:.1} GB/s", r / 1e9),
             };
-            // Rates by call size: "(at 262144 B 30.1, at 67108864 B 9.2)".
+            // Rates by call size, first and last point:
+            // " (calls of 262144 B: 45.872, 16777216 B: 13.557)".
             let sizes = |c: Option<SizeCurve>| {
                 c.map_or(String::new(), |c| {
                     let p = c.points();

@@ -509,8 +509,9 @@ impl Network {
     }
 
     /// The network as a call whose largest per-rank buffer is `bytes` sees
-    /// it ([`Link::at_call_bytes`] on both classes, the host bus from its
-    /// curve); borrowed when nothing depends on the call's size.
+    /// it ([`Link::at_call_bytes`] on both classes; the host bus, γ and the
+    /// copy cost from their curves); borrowed when nothing depends on the
+    /// call's size.
     pub fn at_call_bytes(&self, bytes: u64) -> Cow<'_, Network> {
         if !self.by_call_size() {
             return Cow::Borrowed(self);
@@ -1939,8 +1940,8 @@ fn price_call_before(
 /// `net`: the rank's own work, counted without waiting for anyone. Its steps
 /// run one after another, each its local actions and then its sends, which
 /// share the rank's port of their link class (different classes in
-/// parallel); and everything it receives passes its ejection ports. A link
-/// whose bandwidth depends on the call's size counts at its fastest (pass
+/// parallel); and everything it receives passes its ejection ports. Rates
+/// that depend on the call's size count at their fastest (pass
 /// [`Network::at_call_bytes`] for a tighter bound).
 pub fn lower_bound(plan: &Plan, net: &Network, elem_bytes: u64) -> f64 {
     let fastest = |l: &Link| Link {
