@@ -786,12 +786,9 @@ impl Pair<'_, '_> {
     }
 
     /// Seconds per byte of streams of `bytes` (one way, or both ways at
-    /// once), on the initiator: the slope between a quarter and the whole
-    /// message (the median of 3 each, after an untimed one that touches
-    /// the pages), so that whatever a message pays besides its bytes
-    /// (latency, a peer that waits for a core) cancels out. Noise can make
-    /// the slope meaningless: then the whole message less one round trip.
-    /// The messages take turns at each `bytes` of the first `span` bytes of
+    /// once), on the initiator: [`slope_per_byte`] of 3 messages of a
+    /// quarter and 3 of the whole, after an untimed one that touches the
+    /// pages, with `rtt` what a message pays besides its bytes. The messages take turns at each `bytes` of the first `span` bytes of
     /// the buffers: a span beyond the caches is what a call that large
     /// gets, one message reused is what a call of `bytes` gets.
     fn per_byte(&mut self, bytes: u64, span: u64, both_ways: bool, rtt: f64) -> Result<f64> {
@@ -812,15 +809,13 @@ impl Pair<'_, '_> {
             small[i] = self.stream(bytes / 4, next(), both_ways)?;
             large[i] = self.stream(bytes, next(), both_ways)?;
         }
-        let (t_small, t_large) = (middle(&mut small), middle(&mut large));
-        let slope = (t_large - t_small) / (bytes - bytes / 4) as f64;
-        Ok(
-            if slope > 0.0 && slope * bytes as f64 > 0.25 * (t_large - rtt) {
-                slope
-            } else {
-                (t_large - rtt).max(t_large * 0.05) / bytes as f64
-            },
-        )
+        Ok(slope_per_byte(
+            &mut small,
+            &mut large,
+            (bytes / 4) as f64,
+            bytes as f64,
+            rtt,
+        ))
     }
 
     /// The initiator tells the responder a number.
@@ -961,6 +956,10 @@ impl Pair<'_, '_> {
     }
 }
 
+/// The call size at which γ and the copy cost are measured first, in the
+/// caches.
+const HOT_REDUCE_BYTES: u64 = 4 << 20;
+
 /// The call size at which γ and the copy cost are measured again, over
 /// buffers the caches of a host running two ranks or more do not hold.
 pub const COLD_REDUCE_BYTES: u64 = 16 << 20;
@@ -972,7 +971,7 @@ pub const COLD_REDUCE_BYTES: u64 = 16 << 20;
 /// [`COLD_REDUCE_BYTES`], one pass over buffers that large, which the
 /// caches do not hold (else 0, 0).
 fn measure_reduce(cold: bool) -> [f64; 4] {
-    let [gamma, copy] = reduce_pass(4 << 20, 3);
+    let [gamma, copy] = reduce_pass(HOT_REDUCE_BYTES as usize, 3);
     let [gamma_cold, copy_cold] = if cold {
         reduce_pass(COLD_REDUCE_BYTES as usize, 1)
     } else {
@@ -1138,14 +1137,16 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
     } else if !config.links.is_empty() {
         Source::Override.code()
     } else {
-        match lookup(&cache, &bus_key(kinds, nranks)) {
-            Some(e) if e.number("bandwidth").is_some() => {
-                d[BUS_AT + 1] = e.number("bandwidth").unwrap_or(0.0);
+        let cached =
+            lookup(&cache, &bus_key(kinds, nranks)).and_then(|e| Some((e, e.number("bandwidth")?)));
+        match cached {
+            Some((e, b)) => {
+                d[BUS_AT + 1] = b;
                 d[BUS_AT + 2] = e.number("stream").unwrap_or(0.0);
                 d[BUS_AT + 3] = e.number("hot").unwrap_or(0.0);
                 Source::Cached.code()
             }
-            _ => 0.0,
+            None => 0.0,
         }
     };
     let r = &mut d[REDUCE_AT..PORTS_AT];
@@ -1432,12 +1433,15 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         Some(s) if r[1] > 0.0 && r[2] > 0.0 => (s, r[1], r[2]),
         _ => (Source::Default, DEFAULT_GAMMA, DEFAULT_COPY),
     };
-    // By call size where the cold figures were measured: 4 MiB, then
-    // COLD_REDUCE_BYTES.
+    // By call size where the cold figures were measured: HOT_REDUCE_BYTES,
+    // then COLD_REDUCE_BYTES.
     let memory_by_size = (r[1] > 0.0 && r[2] > 0.0 && r[3] > 0.0 && r[4] > 0.0)
         .then(|| {
             let at = |hot: f64, cold: f64| {
-                SizeCurve::new(&[((4u64 << 20) as f64, hot), (COLD_REDUCE_BYTES as f64, cold)])
+                SizeCurve::new(&[
+                    (HOT_REDUCE_BYTES as f64, hot),
+                    (COLD_REDUCE_BYTES as f64, cold),
+                ])
             };
             at(gamma, r[3]).ok().zip(at(copy, r[4]).ok())
         })
@@ -1574,6 +1578,28 @@ fn parse_figures<const K: usize>(text: &str) -> Option<[f64; K]> {
     parts.next().is_none().then_some(curve)
 }
 
+/// Seconds per byte from runs that moved `small_bytes` (times `small`) and
+/// `large_bytes` (times `large`): the slope between their medians, so that
+/// whatever a run pays besides its bytes (latency, a peer that waits for a
+/// core) cancels out. Noise can make the slope meaningless (not positive,
+/// or under a quarter of the large run less `rtt`): then the large run
+/// less `rtt`, per byte.
+fn slope_per_byte(
+    small: &mut [f64],
+    large: &mut [f64],
+    small_bytes: f64,
+    large_bytes: f64,
+    rtt: f64,
+) -> f64 {
+    let (t_small, t_large) = (middle(small), middle(large));
+    let slope = (t_large - t_small) / (large_bytes - small_bytes);
+    if slope > 0.0 && slope * large_bytes > 0.25 * (t_large - rtt) {
+        slope
+    } else {
+        (t_large - rtt).max(t_large * 0.05) / large_bytes
+    }
+}
+
 /// The median of `v` (the upper one of an even count); 0 when empty.
 fn middle(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -1628,10 +1654,10 @@ fn measure_bus(wire: &mut Wire<'_>, group: &[usize], guide: f64, hot: bool) -> R
     Ok([main, (steps * bytes) as f64, hot])
 }
 
-/// [`measure_bus`] at `bytes` per step: the slope between the medians of 3
-/// runs of `bytes` and of a quarter of it (after one untimed run) is what
-/// one rank gets while all stream, and the host moves that times the
-/// group's size.
+/// [`measure_bus`] at `bytes` per step: [`slope_per_byte`] of 3 runs of
+/// `bytes` and 3 of a quarter of it (after one untimed run) is what one
+/// rank gets while all stream, and the host moves that times the group's
+/// size.
 fn bus_at(wire: &mut Wire<'_>, group: &[usize], bytes: u64) -> Result<f64> {
     let k = group.len();
     let me = group.iter().position(|&r| r == wire.rank);
@@ -1667,18 +1693,14 @@ fn bus_at(wire: &mut Wire<'_>, group: &[usize], bytes: u64) -> Result<f64> {
     if large.is_none() {
         return Ok(0.0);
     }
-    for t in &mut times {
-        t.sort_by(f64::total_cmp);
-    }
-    let (t_large, t_small) = (times[0][1], times[1][1]);
-    let moved = (steps * (bytes - bytes / 4)) as f64;
-    let slope = (t_large - t_small) / moved;
-    // Noise can make the slope meaningless: then the whole large run.
-    let per_byte = if slope > 0.0 && slope * (steps * bytes) as f64 > 0.25 * t_large {
-        slope
-    } else {
-        t_large / (steps * bytes) as f64
-    };
+    let [large_times, small_times] = &mut times;
+    let per_byte = slope_per_byte(
+        small_times,
+        large_times,
+        (steps * (bytes / 4)) as f64,
+        (steps * bytes) as f64,
+        0.0,
+    );
     Ok(k as f64 / per_byte)
 }
 

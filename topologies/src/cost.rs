@@ -567,6 +567,9 @@ impl Network {
     /// Checks every parameter for a group of `nranks` ranks.
     pub fn check(&self, nranks: usize) -> Result<(), CostError> {
         let bad = |what: String| Err(CostError::Network(what));
+        // A rate curve, where there is one, is above 0 at every point.
+        let positive =
+            |c: Option<SizeCurve>| c.is_none_or(|c| c.points().iter().all(|p| p.1 > 0.0));
         for (name, l) in [("inter", &self.inter), ("intra", &self.intra)] {
             if !(l.alpha.is_finite() && l.alpha >= 0.0) {
                 return bad(format!(
@@ -581,10 +584,10 @@ impl Network {
                 ));
             }
             for (what, c) in [
-                ("bandwidth", &l.bandwidth_by_size),
-                ("duplex", &l.duplex_by_size),
+                ("bandwidth", l.bandwidth_by_size),
+                ("duplex", l.duplex_by_size),
             ] {
-                if c.is_some_and(|c| c.points().iter().any(|p| p.1 <= 0.0)) {
+                if !positive(c) {
                     return bad(format!(
                         "{name} {what} by size must be > 0 bytes/s at every point"
                     ));
@@ -605,10 +608,7 @@ impl Network {
                 }
             }
         }
-        if self
-            .host_bandwidth_by_size
-            .is_some_and(|c| c.points().iter().any(|p| p.1 <= 0.0))
-        {
+        if !positive(self.host_bandwidth_by_size) {
             return bad("host bandwidth by size must be > 0 bytes/s at every point".into());
         }
         if self.host_bandwidth.is_nan() || self.host_bandwidth <= 0.0 {
