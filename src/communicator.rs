@@ -20,8 +20,11 @@ use crate::{Config, Error, Result};
 const PLAN_CACHE_LIMIT: usize = 512;
 
 type PlanKey = (Algorithm, Shape, u64, usize);
-/// Plans remembered in front of the cache map.
-const RECENT_PLANS: usize = 4;
+/// Plans remembered in front of the cache map: a loop's calls (a training
+/// step's all-reduces of several sizes, a bench cycling through every
+/// algorithm of a collective with its barrier and start broadcast) come
+/// back to them. A look past them costs about 0.15 µs more per call.
+const RECENT_PLANS: usize = 16;
 /// The latest calls: shape, element size and forced algorithm, which decide
 /// the plan and its chunk.
 type RecentKey = (Shape, usize, Option<Algorithm>);
