@@ -4,8 +4,12 @@
 # every link) and N, every collective at sizes 8 B to 64 MiB, braid-bench
 # measures every algorithm (-a all) with its auto choice marked and the
 # model's prediction; summarise with benches/scripts/validate_model.py.
-# The figures each run calibrated (BRAID_DEBUG=tuning's network line) go
-# to OUT.jsonl.calibration, so that the rows can be re-priced later.
+# Each size is its own run, which calibrates afresh just before it measures
+# (BRAID_CALIBRATE=refresh unless set): on a host whose core-to-core
+# latency changes within seconds (the 2-vCPU VM's fast and slow states) a
+# calibration a few seconds old prices another machine. The figures each
+# run calibrated (BRAID_DEBUG=tuning's network line) go to
+# OUT.jsonl.calibration, so that the rows can be re-priced later.
 # Usage: benches/scripts/validate_model.sh OUT.jsonl [shapes] [ranks] [sizes]
 #   shapes: space-separated alpha_us,gbps (default "20,10 500,1 2000,2"),
 #           "none" for the plain transport
@@ -42,10 +46,18 @@ for shape in $shapes; do
       else
         cmd=("$bin/braid-run" -n "$n" --no-prefix -- "$bin/braid-bench" "$c" --transport "$transport")
       fi
-      # Few calls per row: the slow shapes take seconds per call at 64 MiB.
-      env "${env_shape[@]}" BRAID_TIMEOUT=600 BRAID_DEBUG=tuning "${cmd[@]}" --sizes "$sizes" -a all -n 5 -w 1 --start together --json \
-        2> >(grep 'tuning network' | sed "s/^/$shape N=$n $c: /" >>"$out.calibration") \
-        | grep '^{' | sed "s/^{/{\"shape\":\"$shape\",/" >>"$out" || echo "# FAILED: $shape N=$n $c" >&2
+      # braid-bench's default calls per row (up to 1000 for small sizes,
+      # its samples interleaved across the algorithms), except on shapes
+      # of α >= 100 µs, which take seconds per call at 64 MiB: 5 calls
+      # after 1 warm-up there.
+      counts=()
+      [ "$shape" != none ] && awk -v a="${shape%%,*}" 'BEGIN { exit !(a >= 100) }' && counts=(-n 5 -w 1)
+      for size in ${sizes//,/ }; do
+        env "${env_shape[@]}" BRAID_CALIBRATE="${BRAID_CALIBRATE:-refresh}" BRAID_TIMEOUT=600 BRAID_DEBUG=tuning \
+          "${cmd[@]}" --sizes "$size" -a all "${counts[@]}" --start together --json \
+          2> >(grep 'tuning network' | sed "s/^/$shape N=$n $c $size: /" >>"$out.calibration") \
+          | grep '^{' | sed "s/^{/{\"shape\":\"$shape\",/" >>"$out" || echo "# FAILED: $shape N=$n $c $size" >&2
+      done
     done
   done
 done

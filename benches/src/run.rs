@@ -310,9 +310,13 @@ pub fn run_distributed(
     };
     macro_rules! rows_of {
         ($t:ty) => {
-            for (i, row) in rows.iter().enumerate() {
-                let result = run_row::<$t>(&mut comm, row, &o, start);
-                each_row(&mut comm, i, result)?;
+            for (first, block) in blocks(&rows) {
+                let outcomes = run_block::<$t>(&mut comm, block, &o, start);
+                // Rows after a failure that broke the group were not run:
+                // each_row has already returned that failure.
+                for (k, result) in outcomes.into_iter().map_while(|r| r).enumerate() {
+                    each_row(&mut comm, first + k, result)?;
+                }
             }
         };
     }
@@ -436,16 +440,20 @@ fn rank_loop<T: Element>(
     let rank = comm.rank();
     let mut comm = Some(comm);
     let mut stopped: Option<String> = None;
-    for (i, row) in rows.iter().enumerate() {
-        let result = match comm.as_mut() {
-            None => RankResult {
-                error: stopped.clone(),
-                consequential: true,
-                ..RankResult::default()
-            },
-            Some(c) => match run_row::<T>(c, row, o, thread_start(o, start)) {
-                Ok(r) => r,
-                Err(e) => {
+    for (first, block) in blocks(rows) {
+        let outcomes: Vec<Outcome> = match comm.as_mut() {
+            None => block.iter().map(|_| None).collect(),
+            Some(c) => run_block::<T>(c, block, o, thread_start(o, start)),
+        };
+        for (k, outcome) in outcomes.into_iter().enumerate() {
+            let result = match outcome {
+                None => RankResult {
+                    error: stopped.clone(),
+                    consequential: true,
+                    ..RankResult::default()
+                },
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
                     if !group_survives(e.kind()) {
                         // Leave the group at once: peers see a dead peer
                         // instead of waiting for their deadline.
@@ -459,12 +467,22 @@ fn rank_loop<T: Element>(
                         ..RankResult::default()
                     }
                 }
-            },
-        };
-        if tx.send((i, rank, result)).is_err() {
-            return;
+            };
+            if tx.send((first + k, rank, result)).is_err() {
+                return;
+            }
         }
     }
+}
+
+/// The rows in blocks of one size, each with the index of its first row.
+fn blocks(rows: &[RowSpec]) -> impl Iterator<Item = (usize, &[RowSpec])> {
+    rows.chunk_by(|a, b| a.layout == b.layout)
+        .scan(0, |first, block| {
+            let at = *first;
+            *first += block.len();
+            Some((at, block))
+        })
 }
 
 /// One rank's buffers for one row.
@@ -519,64 +537,132 @@ impl<T: Element> Buffers<T> {
     }
 }
 
-/// Measures one row on this rank: with `-c` one checked call on fresh
-/// buffers, then the warm-up calls, then the samples (each a barrier, a
-/// common start as `start` says, and one timed call; barrier itself is
-/// timed without a barrier before it).
-fn run_row<T: Element>(
+/// What became of one row of a block on this rank: `None` when an earlier
+/// row's failure broke the group before this row was run.
+type Outcome = Option<braid::Result<RankResult>>;
+
+/// Measures a block of rows of one size on this rank (one row per algorithm
+/// with `-a all`, else one row). Each row first gets, with `-c`, one checked
+/// call on fresh buffers, then its warm-up calls; then the samples are taken
+/// in rounds, one sample of each row in turn (each a barrier, a common start
+/// as `start` says, and one timed call; barrier itself is timed without a
+/// barrier before it). Interleaving puts the host's fast and slow spells,
+/// which last seconds here, on every algorithm alike, so that the rows of
+/// one size compare algorithms rather than moments. A row that fails with
+/// an error every rank raises alike leaves the rotation; any other failure
+/// ends the block.
+fn run_block<T: Element>(
+    comm: &mut Communicator,
+    rows: &[RowSpec],
+    o: &Options,
+    start: Start<'_>,
+) -> Vec<Outcome> {
+    let (n, rank) = (comm.size(), comm.rank());
+    let count = rows[0].layout.count;
+    let values = Values::new(o.bench, o.op, o.dtype, n);
+    let fresh = || {
+        let mut bufs = Buffers::<T>::new(o.bench, count, n, rank, o.root);
+        fill(&values, rank, &mut bufs.send);
+        if o.bench == Bench::Collective(Collective::Broadcast) && rank == o.root {
+            fill(&values, rank, &mut bufs.recv);
+        }
+        bufs
+    };
+    let mut bufs = fresh();
+    let mut outcomes: Vec<Outcome> = rows.iter().map(|_| None).collect();
+    // Ends the block at a failure that breaks the group.
+    macro_rules! record_failure {
+        ($i:expr, $e:expr) => {{
+            let e: braid::Error = $e;
+            let fatal = !group_survives(e.kind());
+            outcomes[$i] = Some(Err(e));
+            if fatal {
+                return outcomes;
+            }
+        }};
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let prepared = (|| {
+            use_algorithm(comm, row, o)?;
+            let mut result = RankResult::default();
+            if o.check {
+                bufs = fresh();
+                bufs.call(comm, o)?;
+                result.wrong = count_wrong(&values, o.bench, n, rank, o.root, count, &bufs.recv);
+            }
+            for _ in 0..row.warmup {
+                bufs.call(comm, o)?;
+            }
+            result.samples.reserve(row.iters);
+            Ok(result)
+        })();
+        match prepared {
+            Ok(result) => outcomes[i] = Some(Ok(result)),
+            Err(e) => record_failure!(i, e),
+        }
+    }
+    let barrier_first = o.bench != Bench::Collective(Collective::Barrier);
+    for _ in 0..rows[0].iters {
+        for (i, row) in rows.iter().enumerate() {
+            if !matches!(outcomes[i], Some(Ok(_))) {
+                continue;
+            }
+            match sample(comm, row, o, start, barrier_first, &mut bufs) {
+                Ok(seconds) => {
+                    if let Some(Ok(result)) = &mut outcomes[i] {
+                        result.samples.push(seconds);
+                    }
+                }
+                Err(e) => record_failure!(i, e),
+            }
+        }
+    }
+    outcomes
+}
+
+/// Makes the communicator run `row`'s algorithm (a forced row; an automatic
+/// row leaves the choice to it).
+fn use_algorithm(comm: &mut Communicator, row: &RowSpec, o: &Options) -> braid::Result<()> {
+    if let (Some(c), Some(a)) = (o.bench.collective(), row.forced) {
+        comm.set_algorithm(c, Some(a))?;
+    }
+    Ok(())
+}
+
+/// One timed call of `row`, in seconds, started as `start` says.
+fn sample<T: Element>(
     comm: &mut Communicator,
     row: &RowSpec,
     o: &Options,
     start: Start<'_>,
-) -> braid::Result<RankResult> {
-    let (n, rank) = (comm.size(), comm.rank());
-    if let (Some(c), Some(a)) = (o.bench.collective(), row.forced) {
-        comm.set_algorithm(c, Some(a))?;
-    }
-    let count = row.layout.count;
-    let values = Values::new(o.bench, o.op, o.dtype, n);
-    let mut bufs = Buffers::<T>::new(o.bench, count, n, rank, o.root);
-    fill(&values, rank, &mut bufs.send);
-    if o.bench == Bench::Collective(Collective::Broadcast) && rank == o.root {
-        fill(&values, rank, &mut bufs.recv);
-    }
-    let mut result = RankResult::default();
-    if o.check {
-        bufs.call(comm, o)?;
-        result.wrong = count_wrong(&values, o.bench, n, rank, o.root, count, &bufs.recv);
-    }
-    for _ in 0..row.warmup {
-        bufs.call(comm, o)?;
-    }
-    let barrier_first = o.bench != Bench::Collective(Collective::Barrier);
-    result.samples.reserve(row.iters);
-    for _ in 0..row.iters {
-        if barrier_first {
-            let barrier_began = Instant::now();
-            comm.barrier()?;
-            match start {
-                Start::Line(line) => {
-                    line.wait();
-                }
-                Start::Clock => {
-                    // Far enough ahead that the broadcast has reached every
-                    // rank: four barriers' time and 100 µs.
-                    let ahead = 100_000 + 4 * barrier_began.elapsed().as_nanos() as u64;
-                    let mut at = [clock_ns() + ahead];
-                    comm.broadcast(&mut at, 0)?;
-                    let give_up = Instant::now() + std::time::Duration::from_secs(1);
-                    while clock_ns() < at[0] && Instant::now() < give_up {
-                        std::hint::spin_loop();
-                    }
-                }
-                Start::Barrier => {}
+    barrier_first: bool,
+    bufs: &mut Buffers<T>,
+) -> braid::Result<f64> {
+    use_algorithm(comm, row, o)?;
+    if barrier_first {
+        let barrier_began = Instant::now();
+        comm.barrier()?;
+        match start {
+            Start::Line(line) => {
+                line.wait();
             }
+            Start::Clock => {
+                // Far enough ahead that the broadcast has reached every
+                // rank: four barriers' time and 100 µs.
+                let ahead = 100_000 + 4 * barrier_began.elapsed().as_nanos() as u64;
+                let mut at = [clock_ns() + ahead];
+                comm.broadcast(&mut at, 0)?;
+                let give_up = Instant::now() + std::time::Duration::from_secs(1);
+                while clock_ns() < at[0] && Instant::now() < give_up {
+                    std::hint::spin_loop();
+                }
+            }
+            Start::Barrier => {}
         }
-        let t = Instant::now();
-        bufs.call(comm, o)?;
-        result.samples.push(t.elapsed().as_secs_f64());
     }
-    Ok(result)
+    let t = Instant::now();
+    bufs.call(comm, o)?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 #[cfg(test)]
@@ -694,6 +780,75 @@ mod tests {
             assert!(e.contains("avg") && e.contains("unsupported"), "{r:?}");
             assert!(r.time_us.is_nan() && r.wrong.is_none());
         }
+    }
+
+    #[test]
+    fn every_algorithm_of_a_size_is_measured_in_one_block() {
+        let o = parse([
+            "all_gather",
+            "--ranks",
+            "3",
+            "-a",
+            "all",
+            "--sizes",
+            "8,1K,5K",
+        ])
+        .unwrap();
+        let rows = plan_rows(&o, auto);
+        let got: Vec<(usize, usize, u64)> = blocks(&rows)
+            .map(|(first, block)| {
+                assert!(block.iter().all(|r| r.layout == block[0].layout));
+                (first, block.len(), block[0].layout.bytes)
+            })
+            .collect();
+        let per = o.bench.algorithms().len();
+        assert!(per > 1);
+        let sizes: Vec<u64> = got.iter().map(|g| g.2).collect();
+        assert_eq!(sizes.len(), 3, "{got:?}");
+        assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        assert_eq!(
+            got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(),
+            vec![(0, per), (per, per), (2 * per, per)]
+        );
+    }
+
+    #[test]
+    fn interleaved_rows_check_clean_and_refused_ones_leave_the_rotation() {
+        // Every algorithm of each size, checked, 4 samples each.
+        let o = parse([
+            "all_reduce",
+            "--ranks",
+            "3",
+            "-a",
+            "all",
+            "--sizes",
+            "8,1K,13K",
+            "-c",
+            "-n",
+            "4",
+            "-w",
+            "1",
+            "-d",
+            "i32",
+        ])
+        .unwrap();
+        let mut rows = Vec::new();
+        run(&o, Config::default(), |r| rows.push(r.clone())).unwrap();
+        assert_eq!(rows.len(), 3 * o.bench.algorithms().len());
+        for r in &rows {
+            assert_eq!((r.error.as_deref(), r.wrong), (None, Some(0)), "{r:?}");
+            assert!(r.time_us > 0.0 && r.iters == 4, "{r:?}");
+        }
+        // avg on integers is refused on every rank alike: each row of
+        // every block fails, and the run goes on to the next block.
+        let mut o = o;
+        o.op = braid::ReduceOp::Avg;
+        let mut rows = Vec::new();
+        run(&o, Config::default(), |r| rows.push(r.clone())).unwrap();
+        assert_eq!(rows.len(), 3 * o.bench.algorithms().len());
+        assert!(rows
+            .iter()
+            .all(|r| r.error.as_deref().unwrap_or_default().contains("avg")));
     }
 
     #[test]
