@@ -367,7 +367,11 @@ pub struct Network {
     /// caches folds and copies faster than one whose buffers do not (on
     /// the 2-vCPU VM a 4 MiB copy ran at 50–60 GB/s, one of 64 MiB at
     /// 18 GB/s). `None`: `gamma` and `copy` for every call.
-    /// [`Network::at_call_bytes`] resolves them.
+    /// [`Network::at_call_bytes`] resolves them. A `RecvReduce` into
+    /// elements a `Copy` of its step has just written (a pipelined tree's
+    /// root copies a piece of its input, then folds the peer's piece into
+    /// it) folds at the γ of a call the copy's size, at most the call's:
+    /// what that copy wrote is still in the cache when it is small.
     pub gamma_by_size: Option<SizeCurve>,
     /// See [`Network::gamma_by_size`].
     pub copy_by_size: Option<SizeCurve>,
@@ -510,8 +514,9 @@ impl Network {
 
     /// The network as a call whose largest per-rank buffer is `bytes` sees
     /// it ([`Link::at_call_bytes`] on both classes; the host bus, γ and the
-    /// copy cost from their curves); borrowed when nothing depends on the
-    /// call's size.
+    /// copy cost from their curves; γ's curve stays for folds into freshly
+    /// copied elements, see [`Network::gamma_by_size`]); borrowed when
+    /// nothing depends on the call's size.
     pub fn at_call_bytes(&self, bytes: u64) -> Cow<'_, Network> {
         if !self.by_call_size() {
             return Cow::Borrowed(self);
@@ -526,7 +531,8 @@ impl Network {
             gamma: self
                 .gamma_by_size
                 .map_or(self.gamma, |c| c.at(bytes as f64)),
-            gamma_by_size: None,
+            // Kept: a fold into elements its step has just copied is
+            // priced by the copy's size.
             copy: self.copy_by_size.map_or(self.copy, |c| c.at(bytes as f64)),
             copy_by_size: None,
             ..self.clone()
@@ -790,6 +796,10 @@ struct Op {
     elems: u64,
     rel: u32,
     kind: Kind,
+    /// A `RecvReduce` into elements a `Copy` of its step has just written:
+    /// the elements of that copy (0: none), whose size decides whether the
+    /// fold finds them in the cache.
+    copied: u64,
 }
 
 impl Op {
@@ -859,6 +869,7 @@ fn hash_step(copy: u64, reduce: u64, ops: &[Op]) -> u64 {
     for o in ops {
         h = mix(h, o.elems);
         h = mix(h, ((o.rel as u64) << 2) | o.kind as u64);
+        h = mix(h, o.copied);
     }
     h
 }
@@ -939,8 +950,26 @@ fn compact(
     for (si, step) in plan.steps.iter().enumerate() {
         let (mut copy, mut reduce) = (0u64, 0u64);
         ops.clear();
+        // The step's copies run before its messages: a fold into what one
+        // of them wrote reads it back from the cache when it is small.
+        let copied_into = |dst: &crate::Region| {
+            step.actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Copy { dst: c, .. }
+                        if c.buf == dst.buf
+                            && c.offset <= dst.offset
+                            && dst.offset + dst.len <= c.offset + c.len =>
+                    {
+                        Some(c.len)
+                    }
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0)
+        };
         for a in &step.actions {
-            let (peer, elems, kind) = match *a {
+            let (peer, elems, kind, copied) = match *a {
                 Action::Copy { dst, .. } => {
                     copy = copy.saturating_add(dst.len);
                     continue;
@@ -949,9 +978,11 @@ fn compact(
                     reduce = reduce.saturating_add(dst.len);
                     continue;
                 }
-                Action::Send { peer, src } => (peer, src.len, Kind::Send),
-                Action::Recv { peer, dst } => (peer, dst.len, Kind::Recv),
-                Action::RecvReduce { peer, dst } => (peer, dst.len, Kind::RecvReduce),
+                Action::Send { peer, src } => (peer, src.len, Kind::Send, 0),
+                Action::Recv { peer, dst } => (peer, dst.len, Kind::Recv, 0),
+                Action::RecvReduce { peer, dst } => {
+                    (peer, dst.len, Kind::RecvReduce, copied_into(&dst))
+                }
             };
             if peer >= n || peer == rank || n > u32::MAX as usize {
                 return Err(CostError::BadPeer {
@@ -969,6 +1000,7 @@ fn compact(
                 elems,
                 rel: ((peer + n - rank) % n) as u32,
                 kind,
+                copied,
             });
         }
         // Stable: plan order within one (peer, direction).
@@ -1607,17 +1639,28 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// γ of a `RecvReduce`: the call's, or where the elements it folds
+    /// into were just copied, that of a call the copy's size (in the
+    /// cache when small), never more than the call's.
+    fn gamma_of(&self, op: Op) -> f64 {
+        match self.net.gamma_by_size {
+            Some(curve) if op.copied > 0 => curve.at(op.copied as f64 * self.elem).min(self.gamma),
+            _ => self.gamma,
+        }
+    }
+
     /// When `b` has folded in a message of `bytes` whose last byte lands
     /// at `landed` (pieces stream in at `wire`), not starting before now.
-    fn reduced(&mut self, b: usize, bytes: f64, landed: f64, wire: f64) -> f64 {
-        let red = bytes * self.gamma;
+    fn reduced(&mut self, b: usize, op: Op, bytes: f64, landed: f64, wire: f64) -> f64 {
+        let gamma = self.gamma_of(op);
+        let red = bytes * gamma;
         let cpu = self.cpu_free[b].max(self.now);
         let d = if self.piece > 0.0 && bytes > self.piece {
             let k = (bytes / self.piece).ceil();
             let last = bytes - self.piece * (k - 1.0);
             let first_landed = landed - (bytes - self.piece) / wire;
-            (landed + last * self.gamma)
-                .max(landed - last / wire + (self.piece + last) * self.gamma)
+            (landed + last * gamma)
+                .max(landed - last / wire + (self.piece + last) * gamma)
                 .max(first_landed.max(cpu) + red)
         } else {
             landed.max(cpu) + red
@@ -1684,7 +1727,7 @@ impl<'a> Engine<'a> {
             let bytes = send.elems as f64 * self.elem;
             let f = self.launch(a, ga, b, bytes, path, true);
             let done = match recv.kind {
-                Kind::RecvReduce => self.reduced(b, bytes, f.landed, f.wire),
+                Kind::RecvReduce => self.reduced(b, recv, bytes, f.landed, f.wire),
                 _ => f.landed,
             };
             let alpha = f.landed - f.absorbed;
@@ -1768,7 +1811,7 @@ impl<'a> Engine<'a> {
                 (path, self.now)
             };
             let done = match recv.kind {
-                Kind::RecvReduce => self.reduced(b, e.bytes, e.landed, e.wire),
+                Kind::RecvReduce => self.reduced(b, recv, e.bytes, e.landed, e.wire),
                 _ => at,
             };
             let rpath = add(from, |p| p.reduce += done - at);

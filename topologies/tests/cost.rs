@@ -662,6 +662,96 @@ fn bandwidth_and_duplex_follow_the_size_of_the_call() {
 }
 
 #[test]
+fn a_fold_into_a_piece_just_copied_folds_at_the_gamma_of_its_size() {
+    // γ by size: γ/4 up to 4 MiB (in the caches), γ from 16 MiB on.
+    let gammas =
+        SizeCurve::new(&[(4.0 * 1048576.0, GAMMA / 4.0), (16.0 * 1048576.0, GAMMA)]).unwrap();
+    let copies = SizeCurve::new(&[(1.0, 0.0)]).unwrap();
+    let folding = net().with_memory_by_size(gammas, copies);
+    // A 64 MiB call: rank 1 sends `len` elements, rank 0 folds them into
+    // its output after copying `copy` (a region of the output) in the
+    // same step.
+    let call_len = 16u64 << 20;
+    let len = 1000u64;
+    let b = (len * ELEM) as f64;
+    let time = |copy: Region| {
+        let mut root = plan(
+            0,
+            2,
+            vec![vec![
+                Action::Copy {
+                    src: Region::new(BufferId::Input, copy.offset, copy.len),
+                    dst: copy,
+                },
+                Action::RecvReduce {
+                    peer: 1,
+                    dst: out(len),
+                },
+            ]],
+        );
+        let mut leaf = plan(
+            1,
+            2,
+            vec![vec![Action::Send {
+                peer: 0,
+                src: Region::new(BufferId::Input, 0, len),
+            }]],
+        );
+        for p in [&mut root, &mut leaf] {
+            (p.input_len, p.output_len) = (call_len, call_len);
+        }
+        price(&[root, leaf], &folding, ELEM).unwrap().time
+    };
+    let out_at = |offset, len| Region::new(BufferId::Output, offset, len);
+    // Copied just before, and small: in the cache.
+    close(
+        time(out_at(0, len)),
+        ALPHA + b / BW + b * GAMMA / 4.0,
+        "copied piece",
+    );
+    close(
+        time(out_at(0, 2 * len)),
+        ALPHA + b / BW + b * GAMMA / 4.0,
+        "inside a copy",
+    );
+    // Not what the step copied: the call's γ (64 MiB: out of the cache).
+    close(
+        time(out_at(len, len)),
+        ALPHA + b / BW + b * GAMMA,
+        "elsewhere",
+    );
+    close(
+        time(out_at(1, len)),
+        ALPHA + b / BW + b * GAMMA,
+        "partly copied",
+    );
+    // Copied, but a copy of 32 MiB has left the cache before the fold.
+    let big = 8u64 << 20;
+    close(
+        time(out_at(0, big)),
+        ALPHA + b / BW + b * gammas.at((big * ELEM) as f64),
+        "copied in a large copy",
+    );
+    // A pipelined tree reduce of a 64 MiB call folds each piece it just
+    // copied at the cached γ: cheaper than the same call with no copy in
+    // the cache, and the gain is its bytes at the difference.
+    let shape = single(Collective::Reduce, 2, call_len);
+    let piece = 64u64 << 10;
+    let cached = priced(Algorithm::Tree, &shape, piece, &folding).time;
+    let cold_net = net().with_gamma(GAMMA);
+    let cold = priced(Algorithm::Tree, &shape, piece, &cold_net).time;
+    let gain = (call_len * ELEM) as f64 * (GAMMA - GAMMA / 4.0);
+    close(cold - cached, gain, "tree reduce");
+    // Rabenseifner folds into halves of 32 MiB it copied: the call's γ.
+    let rabenseifner = |net: &Network| priced(Algorithm::HalvingDoubling, &shape, 0, net).time;
+    close(
+        rabenseifner(&folding),
+        rabenseifner(&cold_net),
+        "Rabenseifner",
+    );
+}
+
+#[test]
 fn recursive_doubling_all_reduce_and_all_gather() {
     for (n, net) in [2usize, 4, 8, 32]
         .into_iter()
