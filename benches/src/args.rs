@@ -34,7 +34,8 @@ options:
   -o, --op OP                sum (default) prod min max avg (avg: float types only)
   -r, --root R               root of broadcast, reduce, gather and scatter (default 0)
   -a, --algorithm A          auto (default: the cost model's choice), all (one row per
-                             algorithm, * marks auto's choice) or an algorithm name
+                             algorithm, * marks auto's choice; the algorithms of a size
+                             take their timed calls in turn) or an algorithm name
       --start S              how the ranks start each timed call: barrier (default: a
                              barrier, then the call, as mpi_coll_bench and the gloo
                              anchor time it) or together (after the barrier all ranks
