@@ -3,9 +3,12 @@
 size) cell, the fastest measured algorithm, the automatic choice and its
 measured and predicted times. Prints the two acceptance figures (auto within
 10% of the fastest in >= 90% of cells; prediction within 1.5x of the measured
-time of the chosen algorithm) and every cell where either fails.
+time of the chosen algorithm), every cell where either fails, and the median
+predicted / measured of every algorithm's rows by collective and size (where
+the model is off, and in which direction).
 Usage: validate_model.py OUT.jsonl [--markdown]"""
 import json
+import statistics
 import sys
 from collections import defaultdict
 
@@ -84,6 +87,22 @@ def main():
               f"{p:.4g} | {p / a['time_us']:.2f} |" if p else
               f"| {shape} | {n} | {c} | {human(b)} | {best['algorithm']} {best['time_us']:.4g} | "
               f"{a['algorithm']} {a['time_us']:.4g} | {a['time_us'] / best['time_us']:.2f} | - | - |")
+    print()
+    print("Median predicted / measured over every measured row (every algorithm), by size:")
+    print()
+    ratios = defaultdict(list)
+    for key, rows in cells.items():
+        shape, n, c, b, _ = key
+        for r in rows:
+            if r.get("predicted_us"):
+                ratios[(shape, n, c, b)].append(r["predicted_us"] / r["time_us"])
+    sizes = sorted({k[3] for k in ratios})
+    print("| shape | N | collective | " + " | ".join(human(b) for b in sizes) + " |")
+    print("|---|---|---|" + "---|" * len(sizes))
+    for shape, n, c in sorted({k[:3] for k in ratios}):
+        row = [ratios.get((shape, n, c, b)) for b in sizes]
+        print(f"| {shape} | {n} | {c} | "
+              + " | ".join(f"{statistics.median(v):.2f}" if v else "" for v in row) + " |")
 
 
 if __name__ == "__main__":
