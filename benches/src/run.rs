@@ -607,7 +607,13 @@ fn run_block<T: Element>(
             if !matches!(outcomes[i], Some(Ok(_))) {
                 continue;
             }
-            match sample(comm, row, o, start, barrier_first, &mut bufs) {
+            // A block of one row keeps the algorithm its preparation set.
+            let switched = if rows.len() > 1 {
+                use_algorithm(comm, row, o)
+            } else {
+                Ok(())
+            };
+            match switched.and_then(|()| sample(comm, o, start, barrier_first, &mut bufs)) {
                 Ok(seconds) => {
                     if let Some(Ok(result)) = &mut outcomes[i] {
                         result.samples.push(seconds);
@@ -629,16 +635,14 @@ fn use_algorithm(comm: &mut Communicator, row: &RowSpec, o: &Options) -> braid::
     Ok(())
 }
 
-/// One timed call of `row`, in seconds, started as `start` says.
+/// One timed call, in seconds, started as `start` says.
 fn sample<T: Element>(
     comm: &mut Communicator,
-    row: &RowSpec,
     o: &Options,
     start: Start<'_>,
     barrier_first: bool,
     bufs: &mut Buffers<T>,
 ) -> braid::Result<f64> {
-    use_algorithm(comm, row, o)?;
     if barrier_first {
         let barrier_began = Instant::now();
         comm.barrier()?;
