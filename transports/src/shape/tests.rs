@@ -753,3 +753,34 @@ fn a_late_waking_inner_transport_is_learned_and_released_on_time() {
         Ok(())
     });
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn precise_wakes_set_the_thread_slack_to_the_least_and_put_it_back() {
+    // SAFETY: PR_GET_TIMERSLACK takes no argument and only reads this
+    // thread's slack.
+    let slack = || unsafe { libc::prctl(libc::PR_GET_TIMERSLACK) };
+    let before = slack();
+    assert!(before > 1, "a fresh thread has the default slack: {before}");
+    {
+        let _precise = PreciseWakes::new();
+        assert_eq!(slack(), 1);
+    }
+    assert_eq!(slack(), before);
+}
+
+#[test]
+fn releases_spun_rather_than_slept_are_never_early() {
+    // α of 40 µs is within the spun stretch (the inner transport's
+    // lateness, at first MAX_SPIN / 2): every message must still take α.
+    let alpha = us(40);
+    let mut g = group(2, LinkShape::new(alpha, 10.0), 1 << 16, 1 << 16);
+    let (a, b) = g.split_at_mut(1);
+    for len in [4, 8, 1000, 4096] {
+        for _ in 0..20 {
+            let (first, last) = one_way(&mut a[0], &mut b[0], len);
+            assert!(first >= alpha, "{len} B: first bytes after {first:?}");
+            assert!(last >= first);
+        }
+    }
+}
