@@ -16,6 +16,7 @@
 #   ranks:  default "4 8"
 #   transport: BENCH_TRANSPORT=local (threads, default) | tcp | shm (processes under braid-run)
 #   BRAID_BIN: folder of prebuilt braid-bench and braid-run (else cargo builds them)
+#   COLLECTIVES: space-separated subset (default: all eight)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:?usage: validate_model.sh OUT.jsonl [shapes] [ranks] [sizes]}
@@ -23,7 +24,7 @@ shapes=${2:-"20,10 500,1 2000,2"}
 ranks=${3:-"4 8"}
 sizes=${4:-8,1K,64K,1M,16M,64M}
 transport=${BENCH_TRANSPORT:-local}
-collectives="all_reduce all_gather broadcast reduce reduce_scatter gather scatter all_to_all"
+collectives=${COLLECTIVES:-"all_reduce all_gather broadcast reduce reduce_scatter gather scatter all_to_all"}
 # BRAID_BIN: a folder with braid-bench and braid-run already built (a
 # machine without cargo); otherwise they are built here.
 if [ -n "${BRAID_BIN:-}" ]; then

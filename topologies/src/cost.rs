@@ -58,7 +58,9 @@
 //! sends and receives over a link with a [`Link::duplex`] rate D are at
 //! most D; a buffered message's receiver counts as receiving only):
 //! * holds the sender's injection port for `h`, and the receiver's ejection
-//!   port for `h` from when that port is free (not before t);
+//!   port for `h` in its earliest free interval that long from t on (a
+//!   receiver's port is asked in the order senders launch, not in time
+//!   order, so it keeps a calendar);
 //! * has left the sender at `t + o + w`, or, between two ranks of the same
 //!   host when [`Network::host_bandwidth`] C is finite, when its bytes
 //!   have passed the host bus: the bus is one resource per host, held by
@@ -94,7 +96,11 @@
 //! bus), no routing
 //! or switch topology, no per-piece costs, ports shared first come first
 //! served rather than fairly (a port faster than its links is reserved for
-//! `s/port rate` per message, which staggers concurrent messages), buffers
+//! `s/port rate` per message, which staggers concurrent messages; messages
+//! too large for the pair's buffer start in the order their receivers
+//! post, which at one instant is rank order rather than the plan's, so a
+//! linear all-to-all of such messages is priced up to about twice its
+//! port time), buffers
 //! freed only when the receiver posts, and the CPU cost of moving a
 //! transport's bytes is in α, B, o and the host bus (only the plan's `Copy`
 //! actions pay [`Network::copy`]). Reductions and local copies do not use
@@ -1262,9 +1268,12 @@ struct Engine<'a> {
     piece: f64,
     buffer: f64,
     st: Vec<RankState>,
-    /// Port free times, index rank * 2 + class (0 inter, 1 intra).
+    /// Injection ports' free times, index rank * 2 + class (0 inter, 1
+    /// intra): a rank launches its own messages in time order.
     inj_free: Vec<f64>,
-    ej_free: Vec<f64>,
+    /// Ejection ports' reservations, same index: messages from different
+    /// senders are launched out of time order.
+    ejection: Vec<Calendar>,
     cpu_free: Vec<f64>,
     /// The host bus: bytes per second (infinite: none), each rank's host
     /// (dense index) and when each host's bus is next free.
@@ -1286,6 +1295,52 @@ struct Engine<'a> {
     /// Whether a link class has a [`Link::duplex`] rate (steps are then
     /// checked for sending and receiving at once).
     any_duplex: bool,
+}
+
+/// When a port is taken: disjoint intervals in time order. A sender
+/// launches each message of a step when the step is posted, though it
+/// starts only when the sender's port is free, so one receiver's port is
+/// asked for a later interval (the third message of one sender) before an
+/// earlier one (the first of another). Taking the earliest gap serves them
+/// in the order of their times; a port free only after its last
+/// reservation (`max(start, free)`) let every rank of a linear all-to-all
+/// wait for the others' later messages, and priced it at about twice the
+/// N − 1 messages' port time it takes.
+#[derive(Default)]
+struct Calendar {
+    busy: std::collections::VecDeque<(f64, f64)>,
+}
+
+impl Calendar {
+    /// Takes the port for `len` seconds at the earliest time from `from` on
+    /// when it is free that long; returns when that ends. Reservations that
+    /// ended by `now` are forgotten (no message starts before now).
+    fn reserve(&mut self, from: f64, len: f64, now: f64) -> f64 {
+        while self.busy.front().is_some_and(|&(_, end)| end <= now) {
+            self.busy.pop_front();
+        }
+        let mut begin = from;
+        let mut i = self.busy.partition_point(|&(_, end)| end <= begin);
+        while i < self.busy.len() && self.busy[i].0 < begin + len {
+            begin = begin.max(self.busy[i].1);
+            i += 1;
+        }
+        let end = begin + len;
+        // Join touching neighbours, so that a port taken back to back
+        // stays one interval.
+        let joins_before = i > 0 && self.busy[i - 1].1 >= begin;
+        let joins_after = i < self.busy.len() && self.busy[i].0 <= end;
+        match (joins_before, joins_after) {
+            (true, true) => {
+                self.busy[i - 1].1 = self.busy[i].1;
+                self.busy.remove(i);
+            }
+            (true, false) => self.busy[i - 1].1 = end,
+            (false, true) => self.busy[i].0 = begin,
+            (false, false) => self.busy.insert(i, (begin, end)),
+        }
+        end
+    }
 }
 
 fn add(mut p: Breakdown, f: impl FnOnce(&mut Breakdown)) -> Breakdown {
@@ -1332,7 +1387,7 @@ impl<'a> Engine<'a> {
             buffer: net.buffer_bytes as f64,
             st,
             inj_free: vec![0.0; 2 * n],
-            ej_free: vec![0.0; 2 * n],
+            ejection: (0..2 * n).map(|_| Calendar::default()).collect(),
             cpu_free: vec![0.0; n],
             bus,
             host,
@@ -1609,8 +1664,7 @@ impl<'a> Engine<'a> {
         if port_a.is_finite() {
             let busy = self.overhead + bytes / port_a;
             self.inj_free[ia] = start + busy;
-            let taken = start.max(self.ej_free[jb]) + self.overhead + bytes / port_b;
-            self.ej_free[jb] = taken;
+            let taken = self.ejection[jb].reserve(start, self.overhead + bytes / port_b, now);
             absorbed = absorbed.max(taken);
         }
         let path = add(path, |p| {

@@ -894,6 +894,47 @@ fn star_root_serialises_its_sends_through_its_port() {
 }
 
 #[test]
+fn linear_all_to_all_takes_n_minus_1_messages_through_each_port() {
+    // Every rank posts its N−1 sends at once, staggered (rank r sends to
+    // r+1, r+2, …): the k-th message of every sender reaches a different
+    // receiver, so each port is busy (N−1)·S/B and never waits. The
+    // receivers' ports are asked for later intervals before earlier ones
+    // (rank 0's third message before rank 1's first); served in time
+    // order they fit: (N−1)·S/B + α, not about twice that. Buffered
+    // messages only: in rendezvous a sender's messages start in the order
+    // their receivers post, which at one instant is rank order, not the
+    // plan's (a known limit: N = 3 prices 3·S/B + α there).
+    let count = 10_000u64;
+    let s = (count * ELEM) as f64;
+    let net = buffered();
+    for n in [2usize, 3, 5, 8, 13] {
+        let nf = n as f64;
+        let shape = Shape::new(
+            Collective::AllToAll,
+            n,
+            0,
+            Counts::Matrix {
+                counts: vec![count; n * n],
+                partial: false,
+            },
+        );
+        let e = priced(Algorithm::Linear, &shape, 0, &net);
+        close(
+            e.time,
+            ALPHA + (nf - 1.0) * s / BW,
+            &format!("linear all_to_all N={n}"),
+        );
+        // Pairwise: N−1 exchanges, each α + S/B.
+        let e = priced(Algorithm::Pairwise, &shape, 0, &net);
+        close(
+            e.time,
+            (nf - 1.0) * (ALPHA + s / BW),
+            &format!("pairwise all_to_all N={n}"),
+        );
+    }
+}
+
+#[test]
 fn links_are_classified_by_host_with_a_port_per_class() {
     // 8 ranks, 4 per host: the star root 0 feeds ranks 1–3 over shared
     // memory and ranks 4–7 over the network, both ports at once.
