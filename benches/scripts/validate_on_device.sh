@@ -22,7 +22,9 @@ run() { # name transport shapes
   local file="$out/$1-${cpus}cpu.jsonl"
   local began=$SECONDS
   BENCH_TRANSPORT=$2 benches/scripts/validate_model.sh "$file" "$3" "4 8" 2>"$file.log" || echo "# $1: validate_model.sh failed (see $file.log)" >&2
-  { echo "## $1 ($((SECONDS - began)) s)"; python3 benches/scripts/validate_model.py "$file"; } | tee -a "$out/summary.txt" | head -8
+  { echo "## $1 ($((SECONDS - began)) s)"; python3 benches/scripts/validate_model.py "$file"; } >"$file.summary"
+  cat "$file.summary" >>"$out/summary.txt"
+  head -7 "$file.summary"
 }
 run shm shm none
 run tcp tcp none
