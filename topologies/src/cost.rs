@@ -1276,10 +1276,10 @@ struct Engine<'a> {
     ejection: Vec<Calendar>,
     cpu_free: Vec<f64>,
     /// The host bus: bytes per second (infinite: none), each rank's host
-    /// (dense index) and when each host's bus is next free.
+    /// (dense index) and each host's bus reservations.
     bus: f64,
     host: Vec<u32>,
-    bus_free: Vec<f64>,
+    bus_busy: Vec<Calendar>,
     /// Per receiver, buffered messages in arrival order.
     early: Vec<Vec<Early>>,
     heap: RadixHeap,
@@ -1319,24 +1319,28 @@ impl Calendar {
         while self.busy.front().is_some_and(|&(_, end)| end <= now) {
             self.busy.pop_front();
         }
+        // Sums of the same durations in another order differ in the last
+        // bits; an overlap that small is none (else a port packed back to
+        // back by several senders turns a message away by a whole slot).
+        let slack = 1e-9 * len;
         let mut begin = from;
-        let mut i = self.busy.partition_point(|&(_, end)| end <= begin);
-        while i < self.busy.len() && self.busy[i].0 < begin + len {
+        let mut i = self.busy.partition_point(|&(_, end)| end <= begin + slack);
+        while i < self.busy.len() && self.busy[i].0 < begin + len - slack {
             begin = begin.max(self.busy[i].1);
             i += 1;
         }
         let end = begin + len;
         // Join touching neighbours, so that a port taken back to back
         // stays one interval.
-        let joins_before = i > 0 && self.busy[i - 1].1 >= begin;
-        let joins_after = i < self.busy.len() && self.busy[i].0 <= end;
+        let joins_before = i > 0 && self.busy[i - 1].1 >= begin - slack;
+        let joins_after = i < self.busy.len() && self.busy[i].0 <= end + slack;
         match (joins_before, joins_after) {
             (true, true) => {
                 self.busy[i - 1].1 = self.busy[i].1;
                 self.busy.remove(i);
             }
-            (true, false) => self.busy[i - 1].1 = end,
-            (false, true) => self.busy[i].0 = begin,
+            (true, false) => self.busy[i - 1].1 = self.busy[i - 1].1.max(end),
+            (false, true) => self.busy[i].0 = self.busy[i].0.min(begin),
             (false, false) => self.busy.insert(i, (begin, end)),
         }
         end
@@ -1391,7 +1395,7 @@ impl<'a> Engine<'a> {
             cpu_free: vec![0.0; n],
             bus,
             host,
-            bus_free: vec![0.0; hosts],
+            bus_busy: (0..hosts).map(|_| Calendar::default()).collect(),
             early,
             heap: RadixHeap::new(),
             msgs: Vec::new(),
@@ -1404,8 +1408,10 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Reserves `bytes` of rank `r`'s host bus from `from` on (first come,
-    /// first served); returns when they have passed (`from` without a bus).
+    /// Reserves `bytes` of rank `r`'s host bus in its earliest free interval
+    /// from `from` on (a calendar, as a receiver's port: messages launched
+    /// later may start earlier); returns when they have passed (`from`
+    /// without a bus).
     /// Reserving rather than sharing fairly staggers concurrent messages,
     /// but ends a batch of them when fair sharing would.
     fn on_bus(&mut self, r: usize, from: f64, bytes: f64) -> f64 {
@@ -1413,9 +1419,7 @@ impl<'a> Engine<'a> {
             return from;
         }
         let h = self.host[r] as usize;
-        let end = from.max(self.bus_free[h]) + bytes / self.bus;
-        self.bus_free[h] = end;
-        end
+        self.bus_busy[h].reserve(from, bytes / self.bus, self.now)
     }
 
     fn push(&mut self, t: f64, kind: u64, idx: usize) {

@@ -924,6 +924,19 @@ fn linear_all_to_all_takes_n_minus_1_messages_through_each_port() {
             ALPHA + (nf - 1.0) * s / BW,
             &format!("linear all_to_all N={n}"),
         );
+        // All on one host whose bus carries exactly N transfers at B at
+        // once: the bus, asked out of time order as the ports are, packs
+        // them back to back and does not bind.
+        let one_host = net
+            .clone()
+            .with_hosts(Hosts::Blocks(n), net.inter)
+            .with_host_bandwidth(nf * BW);
+        let e = priced(Algorithm::Linear, &shape, 0, &one_host);
+        close(
+            e.time,
+            ALPHA + (nf - 1.0) * s / BW,
+            &format!("linear all_to_all N={n}, one host"),
+        );
         // Pairwise: N−1 exchanges, each α + S/B.
         let e = priced(Algorithm::Pairwise, &shape, 0, &net);
         close(
