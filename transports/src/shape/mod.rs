@@ -621,7 +621,11 @@ impl ShapedTransport {
 /// The thread's own setting is restored on drop, so a caller's threads keep
 /// theirs outside braid.
 struct PreciseWakes {
+    /// The slack to put back (none where it was not changed).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     restore: Option<libc::c_ulong>,
+    /// Not `Send`: the slack belongs to the thread that set it.
+    on_this_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl PreciseWakes {
@@ -637,10 +641,14 @@ impl PreciseWakes {
             {
                 return PreciseWakes {
                     restore: Some(slack as libc::c_ulong),
+                    on_this_thread: std::marker::PhantomData,
                 };
             }
         }
-        PreciseWakes { restore: None }
+        PreciseWakes {
+            restore: None,
+            on_this_thread: std::marker::PhantomData,
+        }
     }
 }
 
@@ -649,7 +657,8 @@ impl Drop for PreciseWakes {
         #[cfg(target_os = "linux")]
         if let Some(slack) = self.restore {
             // SAFETY: as in `new`: sets the calling thread's slack back to
-            // what it was (the guard never leaves the thread that made it).
+            // what it was (the guard is not `Send`, so this is the thread
+            // that made it).
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack) };
         }
     }
