@@ -4,7 +4,7 @@
 # 20 µs / 10 Gbit/s network with one port per rank, every collective and
 # size, then the summary of each. Meant for a machine without cargo: build
 # here with `cargo build --release -p braid -p braid-bench` and point
-# BRAID_BIN at the folder (default target/release). About 7 minutes on the
+# BRAID_BIN at the folder (default target/release). About 6 minutes on the
 # 2-vCPU VM; rows and calibrations go to OUT_DIR (default $OUT, else
 # ./validation-out), named <network>-<cpus>cpu.jsonl.
 # Usage: benches/scripts/validate_on_device.sh [OUT_DIR]

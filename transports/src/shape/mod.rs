@@ -71,11 +71,10 @@
 //! a sleep towards a release runs with the thread's timer slack at its least
 //! (restored afterwards) and ends early by the inner transport's average
 //! lateness (at most [`MAX_SPIN`]); the rest is spun, yielding the core and
-//! taking arrivals. Inner transports whose timed
-//! waits end much later (an average above [`COARSE_LATENESS`]) are noticed:
-//! epoll counts whole milliseconds, and the local transport yields the CPU
-//! a hundred times before it sleeps, which on a busy machine costs tens of
-//! milliseconds. For them the last stretch before that (twice their
+//! taking arrivals. Inner transports whose timed waits end much later (an
+//! average above [`COARSE_LATENESS`]) are noticed: epoll counts whole
+//! milliseconds, and the local transport yields the CPU a hundred times
+//! before it sleeps, which on a busy machine costs tens of milliseconds. For them the last stretch before that (twice their
 //! lateness, at least [`FINE_SPAN`]) is slept with `thread::sleep` in
 //! slices of at most [`POLL_SLICE`] (so arrivals are stamped and freed space
 //! is seen at most that late); their lateness is measured again from time to
