@@ -347,6 +347,7 @@ pub fn run_distributed(
 pub struct StartLine {
     arrived: std::sync::atomic::AtomicUsize,
     generation: std::sync::atomic::AtomicU64,
+    released_ns: std::sync::atomic::AtomicU64,
     broken: std::sync::atomic::AtomicBool,
     sleep: std::sync::Mutex<()>,
     turn: std::sync::Condvar,
@@ -365,6 +366,7 @@ impl StartLine {
         StartLine {
             arrived: 0.into(),
             generation: 0.into(),
+            released_ns: 0.into(),
             broken: false.into(),
             sleep: std::sync::Mutex::new(()),
             turn: std::sync::Condvar::new(),
@@ -376,30 +378,41 @@ impl StartLine {
     /// Waits until every rank has arrived; false if the line broke or the
     /// wait timed out (the sample then starts at once).
     pub fn wait(&self) -> bool {
+        self.wait_for_start().is_some()
+    }
+
+    /// As [`wait`](Self::wait), giving the moment the line let the ranks go
+    /// ([`clock_ns`]): a sample runs from there, so a thread that got its
+    /// core late (more ranks than cores) counts the wait, as the model's
+    /// common start does.
+    pub fn wait_for_start(&self) -> Option<u64> {
         use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
         if self.broken.load(Acquire) {
-            return false;
+            return None;
         }
         let generation = self.generation.load(Acquire);
         if self.arrived.fetch_add(1, AcqRel) + 1 == self.ranks {
             // Reset before the new generation shows: nobody arrives for the
             // next round before seeing it.
             self.arrived.store(0, Release);
+            let released = clock_ns();
+            self.released_ns.store(released, Release);
             let _held = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
             self.generation.fetch_add(1, Release);
             self.turn.notify_all();
-            return true;
+            return Some(released);
         }
         let gone = || self.generation.load(Acquire) != generation;
+        let released = || Some(self.released_ns.load(Acquire));
         let now = Instant::now();
         let spin_until = now + Self::SPIN;
         let mut spins = 0u32;
         while Instant::now() < spin_until {
             if gone() {
-                return true;
+                return released();
             }
             if self.broken.load(Acquire) {
-                return false;
+                return None;
             }
             spins += 1;
             if spins % 64 == 0 {
@@ -416,14 +429,18 @@ impl StartLine {
             if now >= deadline {
                 self.broken.store(true, Release);
                 self.turn.notify_all();
-                return false;
+                return None;
             }
             held = match self.turn.wait_timeout(held, deadline - now) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
         }
-        gone()
+        if gone() {
+            released()
+        } else {
+            None
+        }
     }
 
     /// A rank left the group: nobody waits for it any more.
@@ -680,30 +697,39 @@ fn sample<T: Element>(
     barrier_first: bool,
     bufs: &mut Buffers<T>,
 ) -> braid::Result<f64> {
+    // The common start (clock_ns), where there is one.
+    let mut common = None;
     if barrier_first {
         let barrier_began = Instant::now();
         comm.barrier()?;
         match start {
-            Start::Line(line) => {
-                line.wait();
-            }
+            Start::Line(line) => common = line.wait_for_start(),
             Start::Clock => {
                 // Far enough ahead that the broadcast has reached every
                 // rank: four barriers' time and 100 µs.
                 let ahead = 100_000 + 4 * barrier_began.elapsed().as_nanos() as u64;
                 let mut at = [clock_ns() + ahead];
                 comm.broadcast(&mut at, 0)?;
+                // A rank that learns the moment after it passed starts when
+                // it learns it (that much of the broadcast is not the call's).
+                common = Some(at[0].max(clock_ns()));
                 let give_up = Instant::now() + std::time::Duration::from_secs(1);
                 while clock_ns() < at[0] && Instant::now() < give_up {
-                    std::hint::spin_loop();
+                    // Crowded cores: let the ranks still spinning towards
+                    // the moment, or not yet there, run.
+                    std::thread::yield_now();
                 }
             }
             Start::Barrier => {}
         }
     }
     let t = Instant::now();
+    // A rank that got its core after the common start (more ranks than
+    // cores) counts that wait: the call's time is from the common start to
+    // this rank's end, as the model prices it.
+    let late = common.map_or(0, |c| clock_ns().saturating_sub(c));
     bufs.call(comm, o)?;
-    Ok(t.elapsed().as_secs_f64())
+    Ok(t.elapsed().as_secs_f64() + late as f64 * 1e-9)
 }
 
 #[cfg(test)]
