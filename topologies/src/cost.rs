@@ -406,6 +406,15 @@ pub struct Network {
     /// Seconds a call costs besides its steps (entering and leaving the
     /// library, setting a plan up), added to every rank's finish.
     pub call_overhead: f64,
+    /// Cores of each host that its ranks' work shares; 0 (the default):
+    /// as many as it runs ranks. With more ranks on a host than cores,
+    /// the ranks take turns: each message's overhead `o` at its sender, a
+    /// step's `Copy` and `Reduce` and a `RecvReduce`'s folding hold one of
+    /// the host's cores, the earliest free (first come, first served, like
+    /// the ports). A rank alone at work still has a core to itself: a
+    /// star's root sends at `o` a message while its leaves wait, where a
+    /// step in which every rank sends costs `ranks · o / cores`.
+    pub host_cores: usize,
 }
 
 impl Network {
@@ -428,6 +437,16 @@ impl Network {
             host_bandwidth: f64::INFINITY,
             host_bandwidth_by_size: None,
             call_overhead: 0.0,
+            host_cores: 0,
+        }
+    }
+
+    /// The same network with `cores` cores per host shared by its ranks'
+    /// work ([`Network::host_cores`]; 0: a core per rank).
+    pub fn with_host_cores(self, cores: usize) -> Network {
+        Network {
+            host_cores: cores,
+            ..self
         }
     }
 
@@ -638,6 +657,12 @@ impl Network {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(format!("{name} must be finite and >= 0, got {v}"));
             }
+        }
+        if self.host_cores > 1 << 20 {
+            return bad(format!(
+                "host cores must be at most 1048576 (0: a core per rank), got {}",
+                self.host_cores
+            ));
         }
         match &self.hosts {
             Hosts::Blocks(0) => bad("Hosts::Blocks needs at least 1 rank per host".into()),
@@ -1280,6 +1305,9 @@ struct Engine<'a> {
     bus: f64,
     host: Vec<u32>,
     bus_busy: Vec<Calendar>,
+    /// Each host's cores, where some host runs more ranks than it has
+    /// ([`Network::host_cores`]); empty: a core per rank.
+    cores: Vec<Cores>,
     /// Per receiver, buffered messages in arrival order.
     early: Vec<Vec<Early>>,
     heap: RadixHeap,
@@ -1316,9 +1344,21 @@ impl Calendar {
     /// when it is free that long; returns when that ends. Reservations that
     /// ended by `now` are forgotten (no message starts before now).
     fn reserve(&mut self, from: f64, len: f64, now: f64) -> f64 {
+        self.forget(now);
+        let (begin, i) = self.earliest(from, len);
+        self.take(begin, len, i)
+    }
+
+    /// Forgets the reservations that ended by `now`.
+    fn forget(&mut self, now: f64) {
         while self.busy.front().is_some_and(|&(_, end)| end <= now) {
             self.busy.pop_front();
         }
+    }
+
+    /// The earliest time from `from` on when the port is free for `len`,
+    /// and where that interval goes among the reservations.
+    fn earliest(&self, from: f64, len: f64) -> (f64, usize) {
         // Sums of the same durations in another order differ in the last
         // bits; an overlap that small is none (else a port packed back to
         // back by several senders turns a message away by a whole slot).
@@ -1329,6 +1369,13 @@ impl Calendar {
             begin = begin.max(self.busy[i].1);
             i += 1;
         }
+        (begin, i)
+    }
+
+    /// Reserves `len` from `begin`, placed at `i` (from [`Calendar::earliest`]);
+    /// returns when it ends.
+    fn take(&mut self, begin: f64, len: f64, i: usize) -> f64 {
+        let slack = 1e-9 * len;
         let end = begin + len;
         // Join touching neighbours, so that a port taken back to back
         // stays one interval.
@@ -1344,6 +1391,32 @@ impl Calendar {
             (false, false) => self.busy.insert(i, (begin, end)),
         }
         end
+    }
+}
+
+/// A host's cores ([`Network::host_cores`]): one calendar each; work takes
+/// the core where it can start first.
+struct Cores {
+    lanes: Vec<Calendar>,
+}
+
+impl Cores {
+    /// Holds a core for `len` seconds from the earliest time from `from` on;
+    /// returns when that ends.
+    fn reserve(&mut self, from: f64, len: f64, now: f64) -> f64 {
+        let mut best = (f64::INFINITY, 0, 0);
+        for (k, lane) in self.lanes.iter_mut().enumerate() {
+            lane.forget(now);
+            let (begin, i) = lane.earliest(from, len);
+            if begin < best.0 {
+                best = (begin, i, k);
+            }
+            if begin <= from {
+                break;
+            }
+        }
+        let (begin, i, k) = best;
+        self.lanes[k].take(begin, len, i)
     }
 }
 
@@ -1367,7 +1440,8 @@ impl<'a> Engine<'a> {
         let bus = net.host_bandwidth;
         let mut host = Vec::new();
         let mut hosts = 0usize;
-        if bus.is_finite() {
+        let mut crowded = false;
+        if bus.is_finite() || net.host_cores > 0 {
             let mut dense: HashMap<usize, u32> = HashMap::new();
             host = (0..n)
                 .map(|r| {
@@ -1376,7 +1450,23 @@ impl<'a> Engine<'a> {
                 })
                 .collect();
             hosts = dense.len();
+            if net.host_cores > 0 {
+                let mut ranks = vec![0usize; hosts];
+                for &h in &host {
+                    ranks[h as usize] += 1;
+                }
+                crowded = ranks.iter().any(|&k| k > net.host_cores);
+            }
         }
+        let cores = if crowded {
+            (0..hosts)
+                .map(|_| Cores {
+                    lanes: (0..net.host_cores).map(|_| Calendar::default()).collect(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Engine {
             book,
             plans,
@@ -1396,6 +1486,7 @@ impl<'a> Engine<'a> {
             bus,
             host,
             bus_busy: (0..hosts).map(|_| Calendar::default()).collect(),
+            cores,
             early,
             heap: RadixHeap::new(),
             msgs: Vec::new(),
@@ -1420,6 +1511,17 @@ impl<'a> Engine<'a> {
         }
         let h = self.host[r] as usize;
         self.bus_busy[h].reserve(from, bytes / self.bus, self.now)
+    }
+
+    /// Holds a core of rank `r`'s host for `len` seconds from `from` on, the
+    /// earliest free; returns when that ends (`from + len` with a core per
+    /// rank).
+    fn on_core(&mut self, r: usize, from: f64, len: f64) -> f64 {
+        if self.cores.is_empty() || len <= 0.0 {
+            return from + len;
+        }
+        let h = self.host[r] as usize;
+        self.cores[h].reserve(from, len, self.now)
     }
 
     fn push(&mut self, t: f64, kind: u64, idx: usize) {
@@ -1540,7 +1642,13 @@ impl<'a> Engine<'a> {
             p.reduce += reduce;
         });
         if copy + reduce > 0.0 {
-            let at = self.now + copy + reduce;
+            let now = self.now;
+            let at = self.on_core(r, now, copy + reduce);
+            // Waiting for a core is contention.
+            let waited = at - (now + copy + reduce);
+            if waited > 0.0 {
+                self.st[r].path.contention += waited;
+            }
             self.push(at, EV_POST, r);
         } else {
             self.work.push(r);
@@ -1655,8 +1763,16 @@ impl<'a> Engine<'a> {
         // The sender's port pushes the bytes out from `start` to `pushed`;
         // the receiver's port takes them in as they come, or after its
         // earlier messages (`absorbed`); the last byte lands α later.
-        let start = now.max(self.st[a].cursors[ga].free).max(self.inj_free[ia]);
+        let mut start = now.max(self.st[a].cursors[ga].free).max(self.inj_free[ia]);
         let xfer = bytes / wire;
+        if !self.cores.is_empty() {
+            // The sender's overhead needs one of its host's cores, and
+            // between ranks of one host so does its copy of the bytes.
+            let work = self.overhead + if class == 1 { xfer } else { 0.0 };
+            if work > 0.0 {
+                start = self.on_core(a, start, work) - work;
+            }
+        }
         let alone = start + self.overhead + xfer;
         // Between ranks of one host the bytes also pass its bus.
         let pushed = if class == 1 {
@@ -1717,11 +1833,12 @@ impl<'a> Engine<'a> {
             let k = (bytes / self.piece).ceil();
             let last = bytes - self.piece * (k - 1.0);
             let first_landed = landed - (bytes - self.piece) / wire;
+            let folded = self.on_core(b, first_landed.max(cpu), red);
             (landed + last * gamma)
                 .max(landed - last / wire + (self.piece + last) * gamma)
-                .max(first_landed.max(cpu) + red)
+                .max(folded)
         } else {
-            landed.max(cpu) + red
+            self.on_core(b, landed.max(cpu), red)
         };
         self.cpu_free[b] = d;
         d

@@ -1517,3 +1517,92 @@ fn a_bad_host_bandwidth_is_an_error() {
         );
     }
 }
+
+/// Every rank of `n` folds `len` elements of its input into its output in
+/// one step of its own (no messages).
+fn local_reductions(n: usize, len: u64) -> Vec<Plan> {
+    (0..n)
+        .map(|r| {
+            let mut p = plan(r, n, vec![]);
+            p.input_len = len;
+            p.output_len = len;
+            p.steps = vec![Step::new(vec![Action::Reduce {
+                src: Region::new(BufferId::Input, 0, len),
+                dst: out(len),
+            }])];
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn ranks_take_turns_at_their_host_s_cores() {
+    // k ranks of one host with c cores: each message holds a core of its
+    // sender's host for its overhead and its copy, o + s/B, so the last
+    // of k leaves after ⌈k/c⌉ such turns; k reductions of s·γ take ⌈k/c⌉
+    // turns; with a core per rank, the textbook forms.
+    let count = 1000u64;
+    let s = (count * ELEM) as f64;
+    let o = 2e-6;
+    for k in [2usize, 3, 4, 5, 8] {
+        for cores in [1usize, 2, 3, 4, 8, 16] {
+            for base in both() {
+                let l = base.inter;
+                let net = base
+                    .with_overhead(o)
+                    .with_hosts(Hosts::Blocks(k), l)
+                    .with_host_cores(cores);
+                let turns = k.div_ceil(cores) as f64;
+                let what = format!("{k} ranks, {cores} cores");
+                let e = price(&host_rings(k, k, count), &net, ELEM).unwrap();
+                close(e.time, turns * (o + s / BW) + ALPHA, &what);
+                close(e.critical_path.total(), e.time, &what);
+                let e = price(&local_reductions(k, count), &net, ELEM).unwrap();
+                close(e.time, turns * s * GAMMA, &what);
+                close(e.critical_path.total(), e.time, &what);
+                // Each rank on a host of its own: a core each.
+                let apart = net.clone().with_hosts(Hosts::Blocks(1), l);
+                let e = price(&host_rings(k, k, count), &apart, ELEM).unwrap();
+                close(e.time, o + s / BW + ALPHA, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rank_at_work_alone_has_a_core_and_enough_cores_change_nothing() {
+    // A star's root sends while its leaves wait: 2 cores for 8 ranks cost
+    // it nothing. A ring all-reduce on 8 cores for 8 ranks is priced as
+    // with no limit; on 2 it is slower (every rank sends each step).
+    let n = 8;
+    let shape = single(Collective::Broadcast, n, 1 << 16);
+    for base in both() {
+        let l = base.inter;
+        let net = base.with_overhead(1e-6).with_hosts(Hosts::Blocks(n), l);
+        let free = priced(Algorithm::Star, &shape, 0, &net).time;
+        let two = priced(Algorithm::Star, &shape, 0, &net.clone().with_host_cores(2)).time;
+        close(two, free, "star broadcast on 2 cores");
+        let ring = single(Collective::AllReduce, n, 1 << 16);
+        let free = priced(Algorithm::Ring, &ring, 0, &net).time;
+        let eight = priced(Algorithm::Ring, &ring, 0, &net.clone().with_host_cores(8)).time;
+        close(eight, free, "ring all-reduce on 8 cores");
+        let two = priced(Algorithm::Ring, &ring, 0, &net.clone().with_host_cores(2)).time;
+        // Each step's 8 folds of S/8 take 4 turns on 2 cores: at least
+        // 3 more folds per reduce-scatter step than with a core each.
+        let fold = (1u64 << 16) as f64 * ELEM as f64 / n as f64 * GAMMA;
+        let least = free + (n as f64 - 1.0) * 3.0 * fold;
+        assert!(
+            two >= least * (1.0 - 1e-9),
+            "ring all-reduce on 2 cores: {two} < {least}"
+        );
+    }
+}
+
+#[test]
+fn too_many_host_cores_is_an_error() {
+    let net = net().with_host_cores(usize::MAX);
+    assert!(matches!(
+        price(&host_rings(2, 2, 10), &net, ELEM),
+        Err(CostError::Network(_))
+    ));
+}
