@@ -46,8 +46,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use braid_topologies::cost::DEFAULT_BUFFER_BYTES;
 use braid_topologies::{
-    generate, Action, Algorithm, BufferId, Collective, Counts, Hosts, Injection, Link, Network,
-    Plan, PlanOptions, Region, Shape, SizeCurve,
+    generate, price, Action, Algorithm, BufferId, Collective, Counts, Hosts, Injection, Link,
+    Network, Plan, PlanOptions, Region, Shape, SizeCurve,
 };
 use braid_transports::Transport;
 
@@ -68,7 +68,7 @@ const CALIBRATION_SEQ: u64 = u64::MAX;
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The measuring method: cached figures of another version are measured
 /// again.
-const METHOD: &str = "7";
+const METHOD: &str = "8";
 /// Lines kept in a cache file (the newest).
 const CACHE_MAX_LINES: usize = 256;
 
@@ -275,6 +275,12 @@ impl Calibration {
             ));
         } else {
             s.push_str("no host bus; ");
+        }
+        if self.network.host_cores > 0 {
+            s.push_str(&format!(
+                "ranks take turns at {} cores per host; ",
+                self.network.host_cores
+            ));
         }
         s.push_str(&format!(
             "calibrated in {:.1} ms",
@@ -635,8 +641,13 @@ struct Pair<'w, 'a> {
     wire: &'w mut Wire<'a>,
     peer: usize,
     initiator: bool,
-    /// This rank's host runs more ranks than it has cores.
+    /// This rank's host runs more ranks than it has cores, and they all
+    /// measure at once.
     crowded: bool,
+    /// Measure D over a span of buffers beyond the caches: not for the
+    /// lone pair of a crowded host (the first touches of that span, on top
+    /// of the group's turns, took calibration past its time budget there).
+    cold: bool,
     /// The kind moves bytes through host memory (`local`, `shm`, `tcp`):
     /// its rates depend on the size of the call. Not so a wire (`shaped`
     /// emulates one; its shaping lets a 256 KiB burst pass at 1.2–1.7 GB/s
@@ -911,7 +922,7 @@ impl Pair<'_, '_> {
         let mut rates = [0f64; 4];
         if runs > 2 || self.by_memory {
             let span = cold_span(bytes);
-            let (crowded, by_memory) = (self.crowded, self.by_memory);
+            let (crowded, by_memory, cold) = (self.crowded, self.by_memory, self.cold);
             let mut at = |bytes, span, both_ways| -> Result<f64> {
                 Ok((1.0 / self.per_byte(bytes, span, both_ways, rtt)?).min(1e13))
             };
@@ -923,7 +934,9 @@ impl Pair<'_, '_> {
             if by_memory && !crowded {
                 rates[1] = at(HOT_BYTES, HOT_BYTES, false)?;
                 rates[2] = at(HOT_BYTES, HOT_BYTES, true)?;
-                rates[3] = at(bytes, span, true)?;
+                if cold {
+                    rates[3] = at(bytes, span, true)?;
+                }
             }
         }
         if !self.initiator {
@@ -967,16 +980,11 @@ pub const COLD_REDUCE_BYTES: u64 = 16 << 20;
 /// γ and the copy cost of this host, seconds per byte: [γ, copy] for a
 /// call of 4 MiB, the best of two passes over 4 MiB of f32 (after one that
 /// touches the pages), folded in 256 KiB pieces as the executor folds
-/// received pieces; then, with `cold`, [γ, copy] for one of
-/// [`COLD_REDUCE_BYTES`], one pass over buffers that large, which the
-/// caches do not hold (else 0, 0).
-fn measure_reduce(cold: bool) -> [f64; 4] {
+/// received pieces; then [γ, copy] for one of [`COLD_REDUCE_BYTES`], one
+/// pass over buffers that large, which the caches do not hold.
+fn measure_reduce() -> [f64; 4] {
     let [gamma, copy] = reduce_pass(HOT_REDUCE_BYTES as usize, 3);
-    let [gamma_cold, copy_cold] = if cold {
-        reduce_pass(COLD_REDUCE_BYTES as usize, 1)
-    } else {
-        [0.0; 2]
-    };
+    let [gamma_cold, copy_cold] = reduce_pass(COLD_REDUCE_BYTES as usize, 1);
     [gamma, copy, gamma_cold, copy_cold]
 }
 
@@ -1193,9 +1201,10 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             chunk_bytes: config.chunk_bytes,
         },
     };
-    // Each rank's block: its row, rank 0's decision, its host (a 48-bit
-    // hash of the host identity, exact in an f64).
-    let block = size + DECISION + 1;
+    // Each rank's block: its row, rank 0's decision, its host's online
+    // cores, its host (a 48-bit hash of the host identity, exact in an
+    // f64).
+    let block = size + DECISION + 2;
     let host_hash = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1207,7 +1216,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         .iter()
         .chain(decision.iter())
         .copied()
-        .chain([host_hash])
+        .chain([braid_transports::shm::online_cpus() as f64, host_hash])
         .collect();
     if size > 1 {
         let shape = Shape::new(
@@ -1221,6 +1230,16 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         all[..block].copy_from_slice(&mine);
     }
     let hosts_of: Vec<f64> = (0..size).map(|r| all[r * block + block - 1]).collect();
+    let cores_of: Vec<usize> = (0..size)
+        .map(|r| all[r * block + block - 2] as usize)
+        .collect();
+    // Some host runs more ranks than it has cores: the model lets every
+    // host's ranks take turns at the fewest cores any host has (every rank
+    // decides alike, from what all of them sent).
+    let turns_at = host_groups(&hosts_of)
+        .iter()
+        .any(|g| g.len() > cores_of[g[0]])
+        .then(|| cores_of.iter().copied().min().unwrap_or(1).max(1));
     // With more ranks than cores a round trip waits for the scheduler
     // (milliseconds at times): sub-microsecond differences between sizes,
     // or between one round trip and four, are then noise, and are not
@@ -1258,19 +1277,30 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     let mut measured = vec![0f64; DECISION];
     let mut any = false;
     let gamma_unknown = decision[REDUCE_AT] == 0.0;
+    // On a crowded host only as many ranks as it has cores measure γ and
+    // the copy cost, a core each (the model lets the ranks take turns):
+    // all of them at once took turns at the cores for 16 MiB passes (50 ms
+    // with 4 threads on the 2-vCPU VM), and figures of passes cut into by
+    // turns priced a crowded host's turns twice.
+    // One host runs every rank, and more of them than it has cores.
+    let alone = crowded && host_groups(&hosts_of).len() == 1;
+    let has_a_core = host_groups(&hosts_of)
+        .iter()
+        .find(|g| g.contains(&rank))
+        .and_then(|g| g.iter().position(|&r| r == rank))
+        .is_some_and(|i| i < cores_of[rank].max(1));
     if gamma_unknown && size > 1 {
         any = true;
-        // Not cold on a crowded host: ranks would take turns at a core for
-        // 16 MiB passes (50 ms with 4 threads on the 2-vCPU VM), past the
-        // time budget.
-        let [g, c, g_cold, c_cold] = measure_reduce(!crowded);
-        measured[REDUCE_AT..PORTS_AT].copy_from_slice(&[
-            Source::Measured.code(),
-            g,
-            c,
-            g_cold,
-            c_cold,
-        ]);
+        if !crowded || has_a_core {
+            let [g, c, g_cold, c_cold] = measure_reduce();
+            measured[REDUCE_AT..PORTS_AT].copy_from_slice(&[
+                Source::Measured.code(),
+                g,
+                c,
+                g_cold,
+                c_cold,
+            ]);
+        }
     }
     for code in 0..SLOTS {
         if pairs[code] == 0 || decision[link_slot(code).start] != 0.0 {
@@ -1278,12 +1308,23 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         }
         any = true;
         wire.barrier()?;
-        if let Some((peer, initiator)) = partner(&kinds, code, rank) {
+        // On one crowded host a single pair measures, with the cores to
+        // itself (the others wait): the model lets the ranks take turns,
+        // and figures of pairs that took turns with each other priced the
+        // turns twice (α 0.1 to 1100 µs, B 4 to 39 GB/s with 8 processes
+        // on the 2-vCPU VM).
+        let lead = |r: usize| {
+            partner(&kinds, code, r).map(|(peer, initiator)| if initiator { r } else { peer })
+        };
+        let first = (0..size).find_map(lead);
+        let measures = !alone || lead(rank) == first;
+        if let Some((peer, initiator)) = partner(&kinds, code, rank).filter(|_| measures) {
             let mut pair = Pair {
                 wire: &mut wire,
                 peer,
                 initiator,
-                crowded,
+                crowded: crowded && !alone,
+                cold: !alone,
                 by_memory: bus_kinds(&[code]),
                 input: Vec::new(),
                 output: Vec::new(),
@@ -1318,6 +1359,33 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         let mut every = vec![0f64; DECISION * size];
         wire.collective(Algorithm::Bruck, &shape, &measured, &mut every)?;
         agreed = medians(&every, size);
+    }
+    // One crowded host, one kind measured: α, o and c from the group at
+    // once (every rank decides alike, from what was all-gathered).
+    let measured_kinds: Vec<usize> = (0..SLOTS)
+        .filter(|&c| pairs[c] > 0 && decision[link_slot(c).start] == 0.0)
+        .collect();
+    if let [code] = measured_kinds[..] {
+        if alone {
+            let times = measure_turns(&mut wire)?;
+            let bandwidth = agreed[link_slot(code).start + 2];
+            if times.iter().all(|t| t.is_finite()) && bandwidth > 0.0 && bandwidth.is_finite() {
+                // A core each where the model has no turns (links that
+                // are not the host's memory).
+                let cores = turns_at.filter(|_| bus_kinds(&[code])).unwrap_or(size);
+                let [alpha, overhead, call] = fit_turns(times, size, cores, bandwidth);
+                let slot = &mut agreed[link_slot(code)];
+                // The lone pair's latency curve keeps what each size adds
+                // to its 8 B α, on top of the group's α.
+                let was = slot[1];
+                for a in slot[CURVE_AT..].iter_mut().filter(|a| **a > 0.0) {
+                    *a = (alpha + *a - was).max(alpha * 0.1);
+                }
+                slot[1] = alpha;
+                slot[3] = overhead;
+                slot[CALL_AT] = call;
+            }
+        }
     }
     // Every rank combines rank 0's decision with what was measured.
     let mut links = Vec::new();
@@ -1480,7 +1548,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             .cloned()
             .unwrap_or_default();
         // Crowded hosts have no rates by call size (see Pair::measure).
-        let mine = measure_bus(&mut wire, &group, guide, !crowded)?;
+        let mine = measure_bus(&mut wire, &group, cores_of[rank], guide, !crowded)?;
         let shape = Shape::new(
             Collective::AllGather,
             size,
@@ -1548,6 +1616,19 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         if let Some(c) = host_bandwidth_by_size {
             network = network.with_host_bandwidth_by_size(c);
         }
+    }
+    // Turns only where the links move bytes through the host's memory
+    // (`local`, `shm`, `tcp`): a `shaped` link emulates a wire between
+    // hosts, whose time is not a core's.
+    if let Some(cores) = turns_at.filter(|_| bus_kinds(&used)) {
+        if let [_] = links.as_slice() {
+            if matches!(network.hosts, Hosts::Blocks(1)) {
+                // One kind, no bus: hosts by identity all the same.
+                let l = network.inter;
+                network = network.with_hosts(Hosts::Map(host_map(&hosts_of)), l);
+            }
+        }
+        network = network.with_host_cores(cores);
     }
     Ok(Calibration {
         links,
@@ -1639,11 +1720,23 @@ fn host_map(hosts: &[f64]) -> Vec<usize> {
 /// at the link bandwidth `guide`, then at one whose output is
 /// [`HOT_BYTES`] (it stays in the caches; only with `hot`, else 0). Every
 /// rank of the group runs the same barriers and plans, alone ones only the
-/// barriers.
-fn measure_bus(wire: &mut Wire<'_>, group: &[usize], guide: f64, hot: bool) -> Result<[f64; 3]> {
+/// barriers. A group of k ranks on c < k cores takes turns at them: the
+/// size is cut by √(k/c) (8 processes on the 2-vCPU VM took 120–140 ms to
+/// measure it otherwise, most of calibration's time budget; cut by k/c,
+/// the streams fit in the caches and the bus came out 1.5× faster than
+/// calls of 16 MiB and more move over loopback TCP).
+fn measure_bus(
+    wire: &mut Wire<'_>,
+    group: &[usize],
+    cores: usize,
+    guide: f64,
+    hot: bool,
+) -> Result<[f64; 3]> {
     const MIB: u64 = 1 << 20;
     let steps = group.len().saturating_sub(1).max(1) as u64;
-    let want = (guide * 2e-3 / steps as f64).clamp((64 << 10) as f64, (32 * MIB / steps) as f64);
+    let turns = (group.len() as f64 / cores.max(1) as f64).max(1.0).sqrt();
+    let want =
+        (guide * 2e-3 / steps as f64 / turns).clamp((64 << 10) as f64, (32 * MIB / steps) as f64);
     let bytes = ((want as u64) / 4096).max(1) * 4096;
     let main = bus_at(wire, group, bytes)?;
     let hot = if hot {
@@ -1702,6 +1795,180 @@ fn bus_at(wire: &mut Wire<'_>, group: &[usize], bytes: u64) -> Result<f64> {
         0.0,
     );
     Ok(k as f64 / per_byte)
+}
+
+/// Nanoseconds on the host's clock, which every process of the host reads
+/// alike (the common start of [`measure_turns`]).
+fn clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Repetitions of each plan of [`measure_turns`].
+const TURN_RUNS: usize = 7;
+
+/// Messages per rank in the busy step of [`measure_turns`].
+const TURN_BURST: u64 = 16;
+
+/// α, o and the call cost c of one host that runs more ranks than it has
+/// cores, from the group as a whole: the ranks take turns at the cores, so
+/// what a message costs depends on how many of them are busy, and a call
+/// costs a round of turns before its last rank has started. Pairs measured
+/// one by one (the others busy with their own figures or asleep) came out
+/// anywhere from 0.1 to 1100 µs with 8 processes on the 2-vCPU VM.
+///
+/// Every rank runs, from a common start on the host's clock (as
+/// braid-bench's `--start together`), a ring exchange of 8 B each way of
+/// one step (t₁), of four steps (t₄), and of one step of [`TURN_BURST`]
+/// messages each way (t_b); a run takes the slowest rank's time from the
+/// start, the figures the median of [`TURN_RUNS`] runs. A step costs the
+/// model α + o, so α + o = (t₄ − t₁)/3, o = (t_b − t₁)/(TURN_BURST − 1),
+/// and c = t₁ − (α + o). The same on every rank, to the bit.
+fn measure_turns(wire: &mut Wire<'_>) -> Result<[f64; 3]> {
+    let (rank, size) = (wire.rank, wire.size);
+    let plans = turn_plans(rank, size);
+    let input = vec![1u8; 8 * TURN_BURST as usize];
+    let mut output = vec![0u8; 8 * TURN_BURST as usize];
+    let mut mine = vec![0f64; TURN_RUNS * plans.len()];
+    let broadcast = Shape::new(Collective::Broadcast, size, 0, Counts::Single(1));
+    for run in 0..TURN_RUNS {
+        for (k, plan) in plans.iter().enumerate() {
+            let began = Instant::now();
+            wire.barrier()?;
+            // Far enough ahead that the broadcast reaches every rank: four
+            // barriers' time and 300 µs (100 µs let the broadcast miss it
+            // in most runs with 8 processes on the 2-vCPU VM). The moment
+            // travels as the bits of an f64 (a broadcast copies them).
+            let ahead = 300_000 + 4 * began.elapsed().as_nanos() as u64;
+            // (In place: a broadcast's buffer is its output.)
+            let mut at = [f64::from_bits(clock_ns() + ahead)];
+            wire.collective(Algorithm::Tree, &broadcast, &[], &mut at)?;
+            let at = at[0].to_bits();
+            // A rank that learns the moment after it passed spoils the
+            // run: the others' times would count the broadcast.
+            let late = clock_ns() > at;
+            let give_up = Instant::now() + Duration::from_secs(1);
+            while clock_ns() < at && Instant::now() < give_up {
+                // Let the ranks not yet at the line run.
+                std::thread::yield_now();
+            }
+            wire.run_bytes(plan, &input, &mut output)?;
+            mine[run * plans.len() + k] = if late {
+                f64::NAN
+            } else {
+                clock_ns().saturating_sub(at) as f64 * 1e-9
+            };
+        }
+    }
+    let mut every = vec![0f64; mine.len() * size];
+    let gather = Shape::new(
+        Collective::AllGather,
+        size,
+        0,
+        Counts::Blocks(vec![mine.len() as u64; size]),
+    );
+    wire.collective(Algorithm::Bruck, &gather, &mine, &mut every)?;
+    let figure = |k| slowest_median(&every, size, plans.len(), k);
+    Ok([figure(0), figure(1), figure(2)])
+}
+
+/// Rank `rank`'s plans of [`measure_turns`]: ring exchanges of 8 B of one
+/// step, of four, and of one step of [`TURN_BURST`] messages each way.
+fn turn_plans(rank: usize, size: usize) -> [Plan; 3] {
+    let (next, prev) = ((rank + 1) % size, (rank + size - 1) % size);
+    let plan_of = |steps: u64, messages: u64| {
+        let mut plan = Plan::new(Collective::AllToAll, Algorithm::Linear, rank, size);
+        for _ in 0..steps {
+            let mut step: Vec<Action> = (0..messages).map(|i| send(next, 8 * i, 8)).collect();
+            step.extend((0..messages).map(|i| recv(prev, 8 * i, 8)));
+            plan.push_step_keep_empty(step);
+        }
+        plan
+    };
+    [plan_of(1, 1), plan_of(4, 1), plan_of(1, TURN_BURST)]
+}
+
+/// The network [`fit_turns`] prices the exchanges on: `size` ranks on one
+/// host of `cores` cores, links of latency `alpha`, bandwidth `bandwidth`
+/// and overhead `overhead`.
+fn turn_network(size: usize, cores: usize, alpha: f64, bandwidth: f64, overhead: f64) -> Network {
+    let link = Link::new(alpha, bandwidth);
+    Network::uniform(alpha, bandwidth)
+        .with_overhead(overhead)
+        .with_buffer_bytes(DEFAULT_BUFFER_BYTES)
+        .with_hosts(Hosts::Blocks(size), link)
+        .with_host_cores(cores)
+}
+
+/// [α, o, c] such that the model, with `size` ranks taking turns at
+/// `cores` cores, prices the exchanges of [`measure_turns`] at their
+/// measured times `[one, four, busy]`: α from the three steps `four` has
+/// beyond `one`, o from the messages `busy` has beyond it, c what `one`
+/// has beyond its price (each by bisection, in turn, three times; the
+/// prices grow with α and o). Every rank fits alike, to the bit.
+fn fit_turns(times: [f64; 3], size: usize, cores: usize, bandwidth: f64) -> [f64; 3] {
+    let [one, four, busy] = times;
+    let all: Vec<[Plan; 3]> = (0..size).map(|r| turn_plans(r, size)).collect();
+    let priced = |k: usize, alpha: f64, overhead: f64| {
+        let plans: Vec<Plan> = all.iter().map(|p| p[k].clone()).collect();
+        let net = turn_network(size, cores, alpha, bandwidth, overhead);
+        price(&plans, &net, 1).map_or(f64::NAN, |e| e.time)
+    };
+    // The x in [0, hi] where f(x) = want (f growing), by bisection.
+    let solve = |f: &dyn Fn(f64) -> f64, want: f64, hi: f64| {
+        let (mut lo, mut hi) = (0.0, hi.max(0.0));
+        for _ in 0..48 {
+            let mid = 0.5 * (lo + hi);
+            if f(mid) < want {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        0.5 * (lo + hi)
+    };
+    let (mut alpha, mut overhead) = (((four - one) / 3.0).max(0.0), 0.0);
+    for _ in 0..3 {
+        alpha = solve(
+            &|a| priced(1, a, overhead) - priced(0, a, overhead),
+            four - one,
+            four,
+        );
+        overhead = solve(
+            &|o| priced(2, alpha, o) - priced(0, alpha, o),
+            busy - one,
+            busy,
+        );
+    }
+    let call = (one - priced(0, alpha, overhead)).max(0.0);
+    [alpha, overhead, call]
+}
+
+/// Of `every` (each rank's block of runs × `plans` times, NaN where the
+/// rank spoiled the run), plan `k`'s time: per run the slowest rank's,
+/// then the median over the runs no rank spoiled; NaN if all were.
+fn slowest_median(every: &[f64], size: usize, plans: usize, k: usize) -> f64 {
+    let block = every.len() / size.max(1);
+    let mut runs: Vec<f64> = (0..block / plans)
+        .map(|run| {
+            (0..size)
+                .map(|r| every[r * block + run * plans + k])
+                .fold(0.0, |a: f64, t| {
+                    if a.is_nan() || t.is_nan() {
+                        f64::NAN
+                    } else {
+                        a.max(t)
+                    }
+                })
+        })
+        .filter(|t| !t.is_nan())
+        .collect();
+    if runs.is_empty() {
+        f64::NAN
+    } else {
+        middle(&mut runs)
+    }
 }
 
 /// The figures every rank agrees on from what each measured (`every`:
@@ -1861,6 +2128,55 @@ mod tests {
             pairs,
             injection: Injection::Link,
         }
+    }
+
+    #[test]
+    fn the_turns_fit_recovers_the_figures_the_model_was_priced_with() {
+        // Times the model gives the three exchanges for known α, o and c
+        // (ranks taking turns at fewer cores, or a core each): the fit
+        // gives those figures back.
+        let bandwidth = 1e10;
+        for (size, cores) in [(8, 2), (4, 2), (3, 2), (8, 1), (5, 8)] {
+            for (alpha, o, c) in [
+                (6e-6, 0.5e-6, 15e-6),
+                (20e-6, 2e-6, 0.0),
+                (1e-6, 0.1e-6, 3e-6),
+            ] {
+                let all: Vec<[Plan; 3]> = (0..size).map(|r| turn_plans(r, size)).collect();
+                let net = turn_network(size, cores, alpha, bandwidth, o);
+                let time = |k: usize| {
+                    let plans: Vec<Plan> = all.iter().map(|p| p[k].clone()).collect();
+                    price(&plans, &net, 1).unwrap().time + c
+                };
+                let [a, oo, cc] = fit_turns([time(0), time(1), time(2)], size, cores, bandwidth);
+                let what = format!("{size} ranks on {cores} cores, α {alpha} o {o} c {c}");
+                assert!((a - alpha).abs() <= 1e-3 * alpha, "{what}: α {a}");
+                assert!((oo - o).abs() <= 1e-3 * o, "{what}: o {oo}");
+                assert!((cc - c).abs() <= 1e-3 * alpha, "{what}: c {cc}");
+            }
+        }
+        // Times no figures fit (one exchange slower than four): none
+        // negative.
+        let [a, o, c] = fit_turns([20e-6, 19e-6, 10e-6], 8, 2, bandwidth);
+        assert!(a >= 0.0 && o >= 0.0 && c >= 0.0, "{a} {o} {c}");
+    }
+
+    #[test]
+    fn a_turn_is_the_slowest_rank_s_and_spoiled_runs_do_not_count() {
+        // 3 ranks, 3 runs, 2 plans: every[rank][run][plan].
+        let nan = f64::NAN;
+        #[rustfmt::skip]
+        let every = [
+            1.0, 10.0,   5.0, 50.0,   9.0, 90.0,
+            2.0, 20.0,   4.0, nan,    8.0, 80.0,
+            3.0, 30.0,   6.0, 60.0,   7.0, 70.0,
+        ];
+        // Plan 0: runs' slowest 3, 6, 9 → median 6.
+        assert_eq!(slowest_median(&every, 3, 2, 0), 6.0);
+        // Plan 1: run 1 spoiled by rank 1 (even where it is not first or
+        // last); the others' slowest 30 and 90 → the upper median.
+        assert_eq!(slowest_median(&every, 3, 2, 1), 90.0);
+        assert!(slowest_median(&[nan, nan], 2, 1, 0).is_nan());
     }
 
     #[test]

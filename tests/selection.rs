@@ -216,12 +216,22 @@ fn calibration_is_cached_and_reused() {
         text.contains("curve="),
         "{text}"
     );
-    if 3 > braid_transports::shm::online_cpus() {
-        // More ranks than cores: neither is measured (scheduling noise).
+    let crowded = 3 > braid_transports::shm::online_cpus();
+    if crowded {
+        // More ranks than cores on one host: α, o and c come from the
+        // group's ring exchanges from a common start, and the model lets
+        // the ranks take turns at the host's cores.
+        assert!(link.alpha > 0.0 && link.alpha.is_finite(), "{link:?}");
         assert!(
-            link.latency_by_size.is_none() && link.call_overhead == 0.0,
+            link.overhead >= 0.0 && link.overhead.is_finite(),
             "{link:?}"
         );
+        assert_eq!(
+            first.network.host_cores,
+            braid_transports::shm::online_cpus()
+        );
+    } else {
+        assert_eq!(first.network.host_cores, 0, "a core per rank");
     }
     if let Some(curve) = &link.latency_by_size {
         let sizes: Vec<f64> = curve.points().iter().map(|p| p.0).collect();
@@ -231,12 +241,12 @@ fn calibration_is_cached_and_reused() {
         assert!(curve.points().iter().all(|p| p.1 > 0.0));
     }
 
-    // Rates by call size, cached with the rest, unless the host is crowded:
-    // B from a call that stays in the caches to the streams B was measured
-    // with; D the same and over a span of buffers beyond them.
-    let crowded = 3 > braid_transports::shm::online_cpus();
+    // Rates by call size, cached with the rest: B from a call that stays
+    // in the caches to the streams B was measured with; D the same and,
+    // unless the host is crowded (one pair measures there, and skips it
+    // for the time budget), over a span of buffers beyond them.
     let link_line = text.lines().find(|l| l.starts_with("link")).unwrap();
-    assert_eq!(link.bandwidth_by_size.is_some(), !crowded, "{link:?}");
+    assert!(link.bandwidth_by_size.is_some(), "{link:?}");
     assert_eq!(
         link.bandwidth_by_size.is_some(),
         link_line.contains("hot="),
@@ -251,9 +261,9 @@ fn calibration_is_cached_and_reused() {
         assert!(p.iter().all(|x| x.1 > 0.0 && x.1.is_finite()));
     }
     if let Some(curve) = &link.duplex_by_size {
-        assert_eq!(curve.points().len(), 3);
+        assert_eq!(curve.points().len(), if crowded { 2 } else { 3 });
         assert_eq!(Some(curve.points()[1].1), link.duplex);
-        assert!(link_line.contains("cold="), "{text}");
+        assert_eq!(link_line.contains("cold="), !crowded, "{text}");
     }
     assert!(link.duplex_by_size.is_none() || link.duplex.is_some());
 
