@@ -144,6 +144,10 @@ pub struct LinkFigures {
     /// leaving, setting its plan up): a round trip alone against one of
     /// four in a row. 0 when not measured.
     pub call_overhead: f64,
+    /// What a rank that waited for a message needs of a core to resume,
+    /// in seconds, on a host with more ranks than cores
+    /// ([`braid_topologies::Network::wake`]); 0 elsewhere.
+    pub wake: f64,
     /// Latency by message size, measured at [`CURVE_BYTES`] on links fast
     /// enough for it (round trips under [`CURVE_MAX_RTT`]); `None` when not
     /// measured (slow links, `BRAID_LINK`, defaults): `alpha` for all.
@@ -238,8 +242,13 @@ impl Calibration {
                     .collect();
                 format!(" (by size: {} us)", points.join(", "))
             });
+            let wake = if l.wake > 0.0 {
+                format!(", wake {:.2} us", l.wake * 1e6)
+            } else {
+                String::new()
+            };
             s.push_str(&format!(
-                "{}: alpha {:.2} us{fast}, B {:.3} GB/s{by_size}{duplex}, o {:.2} us, call {:.2} us, {port} ({}, {} pairs); ",
+                "{}: alpha {:.2} us{fast}, B {:.3} GB/s{by_size}{duplex}, o {:.2} us, call {:.2} us{wake}, {port} ({}, {} pairs); ",
                 l.kind,
                 l.alpha * 1e6,
                 l.bandwidth / 1e9,
@@ -1034,7 +1043,7 @@ fn reduce_pass(bytes: usize, passes: usize) -> [f64; 2] {
 /// per second for calls of [`HOT_BYTES`]] of the host bus (0 bytes per
 /// second: none; 0 call size: one figure for every call).
 const DECISION: usize = BUS_AT + 4;
-const LINK_WIDTH: usize = CURVE_AT + CURVE_BYTES.len() - 1;
+const LINK_WIDTH: usize = WAKE_AT + 1;
 /// Within a kind's slot: the call overhead, the duplex bandwidth, the rates
 /// by call size (stream bytes, hot B and D, cold D), then the curve.
 const CALL_AT: usize = 4;
@@ -1043,6 +1052,8 @@ const STREAM_AT: usize = 6;
 const HOT_AT: usize = 7;
 const COLD_AT: usize = 9;
 const CURVE_AT: usize = 10;
+/// Where a kind's wake figure sits (after its curve).
+const WAKE_AT: usize = CURVE_AT + CURVE_BYTES.len() - 1;
 /// [source, gamma, copy] of the reduce kernels.
 const REDUCE_AT: usize = SLOTS * LINK_WIDTH;
 const PORTS_AT: usize = REDUCE_AT + 5;
@@ -1113,6 +1124,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
                 if b > 0.0 {
                     slot[..CALL_AT].copy_from_slice(&[Source::Cached.code(), a, b, o]);
                     slot[CALL_AT] = e.number("call").unwrap_or(0.0);
+                    slot[WAKE_AT] = e.number("wake").unwrap_or(0.0);
                     slot[DUPLEX_AT] = e.number("duplex").unwrap_or(0.0);
                     slot[STREAM_AT] = e.number("stream").unwrap_or(0.0);
                     if let Some(r) = e.fields.get("hot").and_then(|r| parse_figures::<2>(r)) {
@@ -1124,7 +1136,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
                         .get("curve")
                         .and_then(|c| parse_figures::<{ CURVE_BYTES.len() - 1 }>(c))
                     {
-                        slot[CURVE_AT..].copy_from_slice(&curve);
+                        slot[CURVE_AT..WAKE_AT].copy_from_slice(&curve);
                     }
                 }
             }
@@ -1317,14 +1329,18 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             partner(&kinds, code, r).map(|(peer, initiator)| if initiator { r } else { peer })
         };
         let first = (0..size).find_map(lead);
-        let measures = !alone || lead(rank) == first;
+        // (Links through memory only: pairs over emulated wires wait on
+        // their shaping, not on cores, and one pair alone gave no median
+        // to hold back a disturbed measurement.)
+        let lone = alone && bus_kinds(&[code]);
+        let measures = !lone || lead(rank) == first;
         if let Some((peer, initiator)) = partner(&kinds, code, rank).filter(|_| measures) {
             let mut pair = Pair {
                 wire: &mut wire,
                 peer,
                 initiator,
-                crowded: crowded && !alone,
-                cold: !alone,
+                crowded: crowded && !lone,
+                cold: !lone,
                 by_memory: bus_kinds(&[code]),
                 input: Vec::new(),
                 output: Vec::new(),
@@ -1343,7 +1359,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 slot[HOT_AT..HOT_AT + 2].copy_from_slice(&m.hot);
                 slot[COLD_AT] = m.cold;
                 if let Some(curve) = m.curve {
-                    slot[CURVE_AT..].copy_from_slice(&curve);
+                    slot[CURVE_AT..WAKE_AT].copy_from_slice(&curve);
                 }
             }
         }
@@ -1373,17 +1389,18 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 // A core each where the model has no turns (links that
                 // are not the host's memory).
                 let cores = turns_at.filter(|_| bus_kinds(&[code])).unwrap_or(size);
-                let [alpha, overhead, call] = fit_turns(times, size, cores, bandwidth);
+                let [alpha, overhead, call, wake] = fit_turns(times, size, cores, bandwidth);
                 let slot = &mut agreed[link_slot(code)];
                 // The lone pair's latency curve keeps what each size adds
                 // to its 8 B α, on top of the group's α.
                 let was = slot[1];
-                for a in slot[CURVE_AT..].iter_mut().filter(|a| **a > 0.0) {
+                for a in slot[CURVE_AT..WAKE_AT].iter_mut().filter(|a| **a > 0.0) {
                     *a = (alpha + *a - was).max(alpha * 0.1);
                 }
                 slot[1] = alpha;
                 slot[3] = overhead;
                 slot[CALL_AT] = call;
+                slot[WAKE_AT] = wake;
             }
         }
     }
@@ -1407,6 +1424,11 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         } else {
             (da, db, d_o)
         };
+        let wake = if ok && from[WAKE_AT].is_finite() {
+            from[WAKE_AT].max(0.0)
+        } else {
+            0.0
+        };
         let call_overhead = if ok && from[CALL_AT].is_finite() {
             from[CALL_AT].max(0.0)
         } else {
@@ -1416,10 +1438,14 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         let duplex = (ok && from[DUPLEX_AT].is_finite() && from[DUPLEX_AT] > 0.0)
             .then_some(from[DUPLEX_AT])
             .filter(|&d| d < 0.9 * bandwidth);
-        let curve = if ok && from[CURVE_AT..].iter().all(|a| *a > 0.0 && a.is_finite()) {
+        let curve = if ok
+            && from[CURVE_AT..WAKE_AT]
+                .iter()
+                .all(|a| *a > 0.0 && a.is_finite())
+        {
             let points: Vec<(f64, f64)> = CURVE_BYTES
                 .iter()
-                .zip(std::iter::once(&alpha).chain(&from[CURVE_AT..]))
+                .zip(std::iter::once(&alpha).chain(&from[CURVE_AT..WAKE_AT]))
                 .map(|(&b, &a)| (b as f64, a))
                 .collect();
             SizeCurve::new(&points).ok()
@@ -1453,6 +1479,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 .insert("bandwidth".into(), format!("{bandwidth:e}"));
             e.fields.insert("overhead".into(), format!("{overhead:e}"));
             e.fields.insert("call".into(), format!("{call_overhead:e}"));
+            if wake > 0.0 {
+                e.fields.insert("wake".into(), format!("{wake:e}"));
+            }
             if from[DUPLEX_AT] > 0.0 {
                 e.fields
                     .insert("duplex".into(), format!("{:e}", from[DUPLEX_AT]));
@@ -1467,7 +1496,10 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 }
             }
             if curve.is_some() {
-                let text: Vec<String> = from[CURVE_AT..].iter().map(|a| format!("{a:e}")).collect();
+                let text: Vec<String> = from[CURVE_AT..WAKE_AT]
+                    .iter()
+                    .map(|a| format!("{a:e}"))
+                    .collect();
                 e.fields.insert("curve".into(), text.join("/"));
             }
             e.fields.insert("at".into(), now_secs().to_string());
@@ -1482,6 +1514,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             duplex_by_size,
             overhead,
             call_overhead,
+            wake,
             latency_by_size: curve,
             source,
             pairs: pairs[code],
@@ -1734,24 +1767,27 @@ fn measure_bus(
 ) -> Result<[f64; 3]> {
     const MIB: u64 = 1 << 20;
     let steps = group.len().saturating_sub(1).max(1) as u64;
-    let turns = (group.len() as f64 / cores.max(1) as f64).max(1.0).sqrt();
+    let crowding = group.len() as f64 / cores.max(1) as f64;
+    let turns = crowding.max(1.0).sqrt();
     let want =
         (guide * 2e-3 / steps as f64 / turns).clamp((64 << 10) as f64, (32 * MIB / steps) as f64);
     let bytes = ((want as u64) / 4096).max(1) * 4096;
-    let main = bus_at(wire, group, bytes)?;
+    // Crowded: 2 runs of each size rather than 3, for the time budget.
+    let runs = if crowding > 1.0 { 2 } else { 3 };
+    let main = bus_at(wire, group, bytes, runs)?;
     let hot = if hot {
-        bus_at(wire, group, (HOT_BYTES / steps / 4096).max(1) * 4096)?
+        bus_at(wire, group, (HOT_BYTES / steps / 4096).max(1) * 4096, runs)?
     } else {
         0.0
     };
     Ok([main, (steps * bytes) as f64, hot])
 }
 
-/// [`measure_bus`] at `bytes` per step: [`slope_per_byte`] of 3 runs of
-/// `bytes` and 3 of a quarter of it (after one untimed run) is what one
-/// rank gets while all stream, and the host moves that times the group's
-/// size.
-fn bus_at(wire: &mut Wire<'_>, group: &[usize], bytes: u64) -> Result<f64> {
+/// [`measure_bus`] at `bytes` per step: [`slope_per_byte`] of `runs` runs
+/// of `bytes` and as many of a quarter of it (after one untimed run) is
+/// what one rank gets while all stream, and the host moves that times the
+/// group's size.
+fn bus_at(wire: &mut Wire<'_>, group: &[usize], bytes: u64, runs: usize) -> Result<f64> {
     let k = group.len();
     let me = group.iter().position(|&r| r == wire.rank);
     let steps = k.saturating_sub(1).max(1) as u64;
@@ -1770,8 +1806,8 @@ fn bus_at(wire: &mut Wire<'_>, group: &[usize], bytes: u64) -> Result<f64> {
     let (large, small) = (plan(bytes), plan(bytes / 4));
     let input = vec![1u8; bytes as usize];
     let mut output = vec![0u8; (steps * bytes) as usize];
-    let mut times = [[0f64; 3]; 2];
-    for i in 0..7 {
+    let mut times = [vec![0f64; runs], vec![0f64; runs]];
+    for i in 0..1 + 2 * runs {
         // One untimed large run, then small and large in turn.
         let which = if i == 0 { 0 } else { (i + 1) % 2 };
         wire.barrier()?;
@@ -1806,26 +1842,27 @@ fn clock_ns() -> u64 {
 }
 
 /// Repetitions of each plan of [`measure_turns`].
-const TURN_RUNS: usize = 7;
+const TURN_RUNS: usize = 5;
 
 /// Messages per rank in the busy step of [`measure_turns`].
 const TURN_BURST: u64 = 16;
 
-/// α, o and the call cost c of one host that runs more ranks than it has
-/// cores, from the group as a whole: the ranks take turns at the cores, so
-/// what a message costs depends on how many of them are busy, and a call
-/// costs a round of turns before its last rank has started. Pairs measured
-/// one by one (the others busy with their own figures or asleep) came out
-/// anywhere from 0.1 to 1100 µs with 8 processes on the 2-vCPU VM.
+/// The times from which [`fit_turns`] gets α, o, the call cost c and the
+/// wake w of one host that runs more ranks than it has cores: the ranks
+/// take turns at the cores, so what a message costs depends on how many
+/// of them are busy, and a call costs a round of turns before its last
+/// rank has started. Pairs measured one by one (the others busy with
+/// their own figures or asleep) came out anywhere from 0.1 to 1100 µs with
+/// 8 processes on the 2-vCPU VM.
 ///
 /// Every rank runs, from a common start on the host's clock (as
-/// braid-bench's `--start together`), a ring exchange of 8 B each way of
-/// one step (t₁), of four steps (t₄), and of one step of [`TURN_BURST`]
-/// messages each way (t_b); a run takes the slowest rank's time from the
-/// start, the figures the median of [`TURN_RUNS`] runs. A step costs the
-/// model α + o, so α + o = (t₄ − t₁)/3, o = (t_b − t₁)/(TURN_BURST − 1),
-/// and c = t₁ − (α + o). The same on every rank, to the bit.
-fn measure_turns(wire: &mut Wire<'_>) -> Result<[f64; 3]> {
+/// braid-bench's `--start together`), the plans of [`turn_plans`]: ring
+/// exchanges of 8 B each way of one step (t₁) and of four (t₄), one step
+/// of [`TURN_BURST`] messages each way (t_b), and a token passed once
+/// around the ring (t_k). A run takes the slowest rank's time from the
+/// start; each figure is the median of [`TURN_RUNS`] runs no rank spoiled.
+/// Returns [t₁, t₄, t_b, t_k], the same on every rank, to the bit.
+fn measure_turns(wire: &mut Wire<'_>) -> Result<[f64; 4]> {
     let (rank, size) = (wire.rank, wire.size);
     let plans = turn_plans(rank, size);
     let input = vec![1u8; 8 * TURN_BURST as usize];
@@ -1870,12 +1907,13 @@ fn measure_turns(wire: &mut Wire<'_>) -> Result<[f64; 3]> {
     );
     wire.collective(Algorithm::Bruck, &gather, &mine, &mut every)?;
     let figure = |k| slowest_median(&every, size, plans.len(), k);
-    Ok([figure(0), figure(1), figure(2)])
+    Ok([figure(0), figure(1), figure(2), figure(3)])
 }
 
 /// Rank `rank`'s plans of [`measure_turns`]: ring exchanges of 8 B of one
-/// step, of four, and of one step of [`TURN_BURST`] messages each way.
-fn turn_plans(rank: usize, size: usize) -> [Plan; 3] {
+/// step, of four, and of one step of [`TURN_BURST`] messages each way, and
+/// a token of 8 B passed once around the ring (one rank busy at a time).
+fn turn_plans(rank: usize, size: usize) -> [Plan; 4] {
     let (next, prev) = ((rank + 1) % size, (rank + size - 1) % size);
     let plan_of = |steps: u64, messages: u64| {
         let mut plan = Plan::new(Collective::AllToAll, Algorithm::Linear, rank, size);
@@ -1886,63 +1924,130 @@ fn turn_plans(rank: usize, size: usize) -> [Plan; 3] {
         }
         plan
     };
-    [plan_of(1, 1), plan_of(4, 1), plan_of(1, TURN_BURST)]
+    let mut token = Plan::new(Collective::AllToAll, Algorithm::Linear, rank, size);
+    let (first, second) = (vec![send(next, 0, 8)], vec![recv(prev, 0, 8)]);
+    let (first, second) = if rank == 0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    token.push_step_keep_empty(first);
+    token.push_step_keep_empty(second);
+    [plan_of(1, 1), plan_of(4, 1), plan_of(1, TURN_BURST), token]
 }
 
 /// The network [`fit_turns`] prices the exchanges on: `size` ranks on one
-/// host of `cores` cores, links of latency `alpha`, bandwidth `bandwidth`
-/// and overhead `overhead`.
-fn turn_network(size: usize, cores: usize, alpha: f64, bandwidth: f64, overhead: f64) -> Network {
+/// host of `cores` cores, links of bandwidth `bandwidth`, and `figures`
+/// [α, o, w].
+fn turn_network(size: usize, cores: usize, bandwidth: f64, figures: [f64; 3]) -> Network {
+    let [alpha, overhead, wake] = figures;
     let link = Link::new(alpha, bandwidth);
     Network::uniform(alpha, bandwidth)
         .with_overhead(overhead)
         .with_buffer_bytes(DEFAULT_BUFFER_BYTES)
         .with_hosts(Hosts::Blocks(size), link)
         .with_host_cores(cores)
+        .with_wake(wake)
 }
 
-/// [α, o, c] such that the model, with `size` ranks taking turns at
+/// [α, o, c, w] such that the model, with `size` ranks taking turns at
 /// `cores` cores, prices the exchanges of [`measure_turns`] at their
-/// measured times `[one, four, busy]`: α from the three steps `four` has
-/// beyond `one`, o from the messages `busy` has beyond it, c what `one`
-/// has beyond its price (each by bisection, in turn, three times; the
-/// prices grow with α and o). Every rank fits alike, to the bit.
-fn fit_turns(times: [f64; 3], size: usize, cores: usize, bandwidth: f64) -> [f64; 3] {
-    let [one, four, busy] = times;
-    let all: Vec<[Plan; 3]> = (0..size).map(|r| turn_plans(r, size)).collect();
-    let priced = |k: usize, alpha: f64, overhead: f64| {
-        let plans: Vec<Plan> = all.iter().map(|p| p[k].clone()).collect();
-        let net = turn_network(size, cores, alpha, bandwidth, overhead);
-        price(&plans, &net, 1).map_or(f64::NAN, |e| e.time)
-    };
-    // The x in [0, hi] where f(x) = want (f growing), by bisection.
-    let solve = |f: &dyn Fn(f64) -> f64, want: f64, hi: f64| {
-        let (mut lo, mut hi) = (0.0, hi.max(0.0));
-        for _ in 0..48 {
-            let mid = 0.5 * (lo + hi);
-            if f(mid) < want {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
+/// measured times `[one, four, busy, token]`: α from the token's N hops
+/// beyond `one` (one rank busy at a time: a hop's latency and one wake),
+/// the wake w from the three all-busy steps `four` has beyond `one` (N
+/// ranks woken at once take turns), o from the messages `busy` has beyond
+/// `one`, each in turn by regula falsi until they settle (at most 60
+/// rounds; the prices grow with each), and c what `one` has beyond its
+/// price. With a core per rank there are no turns: w is 0 and α comes from
+/// `four`. Every rank fits alike, to the bit.
+fn fit_turns(times: [f64; 4], size: usize, cores: usize, bandwidth: f64) -> [f64; 4] {
+    let [one, four, busy, token] = times;
+    let mut by_plan: [Vec<Plan>; 4] = Default::default();
+    for r in 0..size {
+        for (k, plan) in turn_plans(r, size).into_iter().enumerate() {
+            by_plan[k].push(plan);
         }
-        0.5 * (lo + hi)
-    };
-    let (mut alpha, mut overhead) = (((four - one) / 3.0).max(0.0), 0.0);
-    for _ in 0..3 {
-        alpha = solve(
-            &|a| priced(1, a, overhead) - priced(0, a, overhead),
-            four - one,
-            four,
-        );
-        overhead = solve(
-            &|o| priced(2, alpha, o) - priced(0, alpha, o),
-            busy - one,
-            busy,
-        );
     }
-    let call = (one - priced(0, alpha, overhead)).max(0.0);
-    [alpha, overhead, call]
+    let priced = |k: usize, figures: [f64; 3]| {
+        let net = turn_network(size, cores, bandwidth, figures);
+        price(&by_plan[k], &net, 1).map_or(f64::NAN, |e| e.time)
+    };
+    // How much longer plan k prices than the one-step exchange.
+    let beyond = |k: usize, figures: [f64; 3]| priced(k, figures) - priced(0, figures);
+    // Unknowns x = [α, o, w] (w fixed at 0 without turns, and α then
+    // from `four`); what each equation's plan must price beyond `one`.
+    let turns = size > cores;
+    let (plans, wants): (Vec<usize>, Vec<f64>) = if turns {
+        (vec![3, 2, 1], vec![token - one, busy - one, four - one])
+    } else {
+        (vec![1, 2], vec![four - one, busy - one])
+    };
+    let unknowns = plans.len();
+    // Each equation in turn for its own figure (Gauss–Seidel; each price
+    // grows with its figure, piecewise linearly), by regula falsi (the
+    // Illinois rule) between 0 and the time the plan measured, until the
+    // figures settle.
+    let scale = (four - one).abs().max(1e-9);
+    let bounds = [token.max(four), busy, four];
+    let mut x = [((four - one) / 3.0).max(0.0), 0.0, 0.0];
+    for _ in 0..60 {
+        let before = x;
+        for u in 0..unknowns {
+            let f = |v: f64| {
+                let mut y = x;
+                y[u] = v;
+                beyond(plans[u], y) - wants[u]
+            };
+            x[u] = falsi(&f, bounds[u].max(0.0), 1e-12 * scale);
+        }
+        let moved = x
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        if moved <= 1e-12 * scale {
+            break;
+        }
+    }
+    let [alpha, overhead, wake] = x;
+    let call = (one - priced(0, [alpha, overhead, wake])).max(0.0);
+    [alpha, overhead, call, wake]
+}
+
+/// The root of `f` (growing) in [0, `hi`] to within `tol`, by regula
+/// falsi with the Illinois rule; 0 or `hi` where f has no root between.
+fn falsi(f: &dyn Fn(f64) -> f64, hi: f64, tol: f64) -> f64 {
+    let (mut a, mut b) = (0.0, hi);
+    let (mut fa, mut fb) = (f(a), f(b));
+    // (NaN prices count as no root: the bound is kept.)
+    if fa >= 0.0 || fa.is_nan() {
+        return a;
+    }
+    if fb <= 0.0 || fb.is_nan() {
+        return b;
+    }
+    let mut side = 0i8;
+    for _ in 0..100 {
+        let c = (a * fb - b * fa) / (fb - fa);
+        let fc = f(c);
+        if fc.abs() <= tol || (b - a) <= tol {
+            return c;
+        }
+        if fc < 0.0 {
+            (a, fa) = (c, fc);
+            if side == -1 {
+                fb *= 0.5;
+            }
+            side = -1;
+        } else {
+            (b, fb) = (c, fc);
+            if side == 1 {
+                fa *= 0.5;
+            }
+            side = 1;
+        }
+    }
+    0.5 * (a + b)
 }
 
 /// Of `every` (each rank's block of runs × `plans` times, NaN where the
@@ -2056,6 +2161,7 @@ fn build_network(
     };
     let overhead = links.iter().map(|l| l.overhead).fold(0.0, f64::max);
     let call = links.iter().map(|l| l.call_overhead).fold(0.0, f64::max);
+    let wake = links.iter().map(|l| l.wake).fold(0.0, f64::max);
     let base = |l: Link| Network {
         inter: l,
         intra: l,
@@ -2064,6 +2170,7 @@ fn build_network(
             .with_copy(copy)
             .with_overhead(overhead)
             .with_call_overhead(call)
+            .with_wake(wake)
             .with_pipeline_bytes(chunk)
             .with_buffer_bytes(DEFAULT_BUFFER_BYTES)
     };
@@ -2123,6 +2230,7 @@ mod tests {
             duplex_by_size: None,
             overhead: 1e-7,
             call_overhead: 0.0,
+            wake: 0.0,
             latency_by_size: None,
             source: Source::Default,
             pairs,
@@ -2132,33 +2240,41 @@ mod tests {
 
     #[test]
     fn the_turns_fit_recovers_the_figures_the_model_was_priced_with() {
-        // Times the model gives the three exchanges for known α, o and c
-        // (ranks taking turns at fewer cores, or a core each): the fit
-        // gives those figures back.
+        // Times the model gives the four exchanges for known α, o, c and
+        // w (ranks taking turns at fewer cores, or a core each, where w
+        // plays no part): the fit gives those figures back (to 1e-11 at
+        // 4 and 8 ranks on 2 cores; within 5% where the turns couple the
+        // figures more, as 3 or 16 ranks on 2 cores, in its 60 rounds).
         let bandwidth = 1e10;
-        for (size, cores) in [(8, 2), (4, 2), (3, 2), (8, 1), (5, 8)] {
-            for (alpha, o, c) in [
-                (6e-6, 0.5e-6, 15e-6),
-                (20e-6, 2e-6, 0.0),
-                (1e-6, 0.1e-6, 3e-6),
+        for (size, cores) in [(8, 2), (4, 2), (3, 2), (8, 1), (16, 2), (5, 8)] {
+            for (alpha, o, c, w) in [
+                (6e-6, 0.5e-6, 15e-6, 2e-6),
+                (20e-6, 2e-6, 0.0, 5e-6),
+                (1e-6, 0.1e-6, 3e-6, 0.5e-6),
             ] {
-                let all: Vec<[Plan; 3]> = (0..size).map(|r| turn_plans(r, size)).collect();
-                let net = turn_network(size, cores, alpha, bandwidth, o);
+                let w = if size > cores { w } else { 0.0 };
+                let all: Vec<[Plan; 4]> = (0..size).map(|r| turn_plans(r, size)).collect();
+                let net = turn_network(size, cores, bandwidth, [alpha, o, w]);
                 let time = |k: usize| {
                     let plans: Vec<Plan> = all.iter().map(|p| p[k].clone()).collect();
                     price(&plans, &net, 1).unwrap().time + c
                 };
-                let [a, oo, cc] = fit_turns([time(0), time(1), time(2)], size, cores, bandwidth);
-                let what = format!("{size} ranks on {cores} cores, α {alpha} o {o} c {c}");
-                assert!((a - alpha).abs() <= 1e-3 * alpha, "{what}: α {a}");
-                assert!((oo - o).abs() <= 1e-3 * o, "{what}: o {oo}");
-                assert!((cc - c).abs() <= 1e-3 * alpha, "{what}: c {cc}");
+                let times = [time(0), time(1), time(2), time(3)];
+                let [a, oo, cc, ww] = fit_turns(times, size, cores, bandwidth);
+                let what = format!("{size} ranks on {cores} cores, α {alpha} o {o} c {c} w {w}");
+                assert!((a - alpha).abs() <= 5e-2 * alpha, "{what}: α {a}");
+                assert!((oo - o).abs() <= 5e-2 * o, "{what}: o {oo}");
+                assert!((cc - c).abs() <= 5e-2 * alpha, "{what}: c {cc}");
+                assert!((ww - w).abs() <= 5e-2 * alpha, "{what}: w {ww}");
             }
         }
         // Times no figures fit (one exchange slower than four): none
         // negative.
-        let [a, o, c] = fit_turns([20e-6, 19e-6, 10e-6], 8, 2, bandwidth);
-        assert!(a >= 0.0 && o >= 0.0 && c >= 0.0, "{a} {o} {c}");
+        let [a, o, c, w] = fit_turns([20e-6, 19e-6, 10e-6, 5e-6], 8, 2, bandwidth);
+        assert!(
+            a >= 0.0 && o >= 0.0 && c >= 0.0 && w >= 0.0,
+            "{a} {o} {c} {w}"
+        );
     }
 
     #[test]

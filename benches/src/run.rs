@@ -164,8 +164,12 @@ pub enum Start<'a> {
     /// Rank threads of one process: a [`StartLine`].
     Line(&'a StartLine),
     /// Processes on one host: rank 0 names a moment on the shared clock a
-    /// little ahead, every rank spins until it.
-    Clock,
+    /// little ahead, every rank spins until it (yielding the core between
+    /// looks where the ranks outnumber the host's cores).
+    Clock {
+        /// More ranks than cores on the host.
+        crowded: bool,
+    },
     /// Ranks on several hosts: the barrier alone.
     Barrier,
 }
@@ -268,7 +272,9 @@ pub fn run_distributed(
     comm.all_reduce(&mine, &mut low, braid::ReduceOp::Min)?;
     comm.all_reduce(&mine, &mut high, braid::ReduceOp::Max)?;
     let start = match o.start {
-        StartMode::Together if low == high => Start::Clock,
+        StartMode::Together if low == high => Start::Clock {
+            crowded: comm.size() > braid_transports::shm::online_cpus(),
+        },
         _ => Start::Barrier,
     };
     let mut each_row = |comm: &mut Communicator,
@@ -356,6 +362,12 @@ pub struct StartLine {
 }
 
 impl StartLine {
+    /// More rank threads than this host's online cores (not the cores this
+    /// process may use: `braid-run` pins each rank to one).
+    pub fn crowded(&self) -> bool {
+        self.ranks > braid_transports::shm::online_cpus()
+    }
+
     /// How long a waiter spins before it sleeps: longer than the skew a
     /// barrier leaves on links of tens of microseconds; slower links' waits
     /// end in a sleep, whose wake-up is small beside their α.
@@ -703,8 +715,13 @@ fn sample<T: Element>(
         let barrier_began = Instant::now();
         comm.barrier()?;
         match start {
-            Start::Line(line) => common = line.wait_for_start(),
-            Start::Clock => {
+            Start::Line(line) => {
+                let start = line.wait_for_start();
+                if line.crowded() {
+                    common = start;
+                }
+            }
+            Start::Clock { crowded } => {
                 // Far enough ahead that the broadcast has reached every
                 // rank: four barriers' time and 100 µs.
                 let ahead = 100_000 + 4 * barrier_began.elapsed().as_nanos() as u64;
@@ -712,21 +729,29 @@ fn sample<T: Element>(
                 comm.broadcast(&mut at, 0)?;
                 // A rank that learns the moment after it passed starts when
                 // it learns it (that much of the broadcast is not the call's).
-                common = Some(at[0].max(clock_ns()));
+                if crowded {
+                    common = Some(at[0].max(clock_ns()));
+                }
                 let give_up = Instant::now() + std::time::Duration::from_secs(1);
                 while clock_ns() < at[0] && Instant::now() < give_up {
-                    // Crowded cores: let the ranks still spinning towards
-                    // the moment, or not yet there, run.
-                    std::thread::yield_now();
+                    if crowded {
+                        // Let the ranks not yet at the line run.
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
                 }
             }
             Start::Barrier => {}
         }
     }
     let t = Instant::now();
-    // A rank that got its core after the common start (more ranks than
-    // cores) counts that wait: the call's time is from the common start to
-    // this rank's end, as the model prices it.
+    // With more ranks than cores, a rank that got its core after the common
+    // start counts that wait: the call's time is from the common start to
+    // this rank's end, as the model prices it. (Not with a core per rank:
+    // there every rank runs at the start, and what it would count is how
+    // late it saw the moment; with yields between looks, 0.1–0.4 µs on the
+    // 2-vCPU VM, as much as a sub-microsecond call.)
     let late = common.map_or(0, |c| clock_ns().saturating_sub(c));
     bufs.call(comm, o)?;
     Ok(t.elapsed().as_secs_f64() + late as f64 * 1e-9)
@@ -747,6 +772,27 @@ mod tests {
                 .collect();
             assert!(hs.into_iter().all(|h| h.join().unwrap()));
         });
+        // Every thread of a round learns the same start, the moment the
+        // last one arrived: after the first arrival, before any return.
+        let line = StartLine::new(3, Duration::from_secs(20));
+        let first = clock_ns();
+        let starts: Vec<(u64, u64)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|i| {
+                    let line = &line;
+                    s.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(5 * i));
+                        let start = line.wait_for_start().expect("the line holds");
+                        (start, clock_ns())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let start = starts[0].0;
+        assert!(starts.iter().all(|&(s, _)| s == start), "{starts:?}");
+        assert!(start >= first + 10_000_000, "the last came 10 ms later");
+        assert!(starts.iter().all(|&(_, back)| back >= start), "{starts:?}");
         // A rank that leaves releases the waiting one, and the line stays broken.
         let line = StartLine::new(2, Duration::from_secs(20));
         std::thread::scope(|s| {

@@ -415,6 +415,13 @@ pub struct Network {
     /// star's root sends at `o` a message while its leaves wait, where a
     /// step in which every rank sends costs `ranks · o / cores`.
     pub host_cores: usize,
+    /// Seconds of a core a rank needs to resume after it waited for the
+    /// last message of a step, where ranks take turns at a host's cores
+    /// ([`Network::host_cores`]; unused elsewhere): the switch back to a
+    /// rank that slept or yielded. k ranks woken at once on K cores resume
+    /// ⌈k/K⌉ such turns apart; a step whose messages were all in when it
+    /// was posted wakes nobody.
+    pub wake: f64,
 }
 
 impl Network {
@@ -438,6 +445,16 @@ impl Network {
             host_bandwidth_by_size: None,
             call_overhead: 0.0,
             host_cores: 0,
+            wake: 0.0,
+        }
+    }
+
+    /// The same network where a rank that waited for a message needs a
+    /// core for `seconds` to resume ([`Network::wake`]).
+    pub fn with_wake(self, seconds: f64) -> Network {
+        Network {
+            wake: seconds,
+            ..self
         }
     }
 
@@ -653,6 +670,7 @@ impl Network {
             ("copy", self.copy),
             ("overhead", self.overhead),
             ("call overhead", self.call_overhead),
+            ("wake", self.wake),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(format!("{name} must be finite and >= 0, got {v}"));
@@ -1190,6 +1208,8 @@ struct RankState {
     send_until: f64,
     send_path: Breakdown,
     path: Breakdown,
+    /// When the current step was posted.
+    posted_at: f64,
     cursors: Vec<Cursor>,
     /// Per link class (inter, intra): whether the posted step both sends
     /// and receives over it (then a [`Link::duplex`] rate applies).
@@ -1280,6 +1300,7 @@ impl RadixHeap {
 const EV_POST: u64 = 0;
 const EV_STEP_END: u64 = 1;
 const EV_RECV: u64 = 2;
+const EV_WOKEN: u64 = 3;
 
 struct Engine<'a> {
     book: &'a Book,
@@ -1548,6 +1569,10 @@ impl<'a> Engine<'a> {
                     let path = self.st[idx].send_path;
                     self.advance(idx, path);
                 }
+                EV_WOKEN => {
+                    let path = self.st[idx].path;
+                    self.step_complete(idx, path, true);
+                }
                 _ => {
                     let m = &self.msgs[idx];
                     let (r, path) = (m.rank as usize, m.path);
@@ -1555,7 +1580,16 @@ impl<'a> Engine<'a> {
                     let s = &mut self.st[r];
                     s.pending -= 1;
                     if s.pending == 0 {
-                        self.step_complete(r, path, true);
+                        // A rank that waited for its step's last bytes
+                        // needs a core to resume, where ranks take turns.
+                        let now = self.now;
+                        if self.net.wake > 0.0 && !self.cores.is_empty() && now > s.posted_at {
+                            let at = self.on_core(r, now, self.net.wake);
+                            self.st[r].path = add(path, |p| p.contention += at - now);
+                            self.push(at, EV_WOKEN, r);
+                        } else {
+                            self.step_complete(r, path, true);
+                        }
                     }
                 }
             }
@@ -1681,6 +1715,7 @@ impl<'a> Engine<'a> {
         {
             let s = &mut self.st[r];
             s.posted = true;
+            s.posted_at = now;
             s.pending = t.nops;
             s.send_until = now;
             s.send_path = s.path;

@@ -1606,3 +1606,69 @@ fn too_many_host_cores_is_an_error() {
         Err(CostError::Network(_))
     ));
 }
+
+#[test]
+fn ranks_woken_at_once_take_turns_to_resume() {
+    // k ranks of one host on c cores, each waiting for an empty message
+    // from its neighbour: the k messages land together at α, and the k
+    // waiting ranks resume ⌈k/c⌉ wakes of w apart. With a core each, or
+    // a message already in when its receiver looks, no turn is waited.
+    let w = 3e-6;
+    for k in [2usize, 3, 4, 8] {
+        for cores in [1usize, 2, 3, 8] {
+            let base = net();
+            let l = base.inter;
+            let net = base
+                .with_hosts(Hosts::Blocks(k), l)
+                .with_host_cores(cores)
+                .with_wake(w);
+            let what = format!("{k} ranks, {cores} cores");
+            let e = price(&host_rings(k, k, 0), &net, ELEM).unwrap();
+            let turns = if k > cores {
+                k.div_ceil(cores) as f64
+            } else {
+                0.0
+            };
+            close(e.time, ALPHA + turns * w, &what);
+            close(e.critical_path.total(), e.time, &what);
+        }
+    }
+    // A receiver busy folding past the landing finds the message in: it
+    // resumes without a wake (2 ranks, 1 core: the folds take turns).
+    let count = 10_000u64;
+    let fold = (count * ELEM) as f64 * GAMMA;
+    let plans: Vec<Plan> = (0..2)
+        .map(|r| {
+            let mut p = plan(r, 2, vec![]);
+            p.input_len = count;
+            p.output_len = count;
+            p.steps = vec![
+                Step::new(vec![Action::Send {
+                    peer: 1 - r,
+                    src: Region::new(BufferId::Input, 0, 0),
+                }]),
+                Step::new(vec![Action::Reduce {
+                    src: Region::new(BufferId::Input, 0, count),
+                    dst: out(count),
+                }]),
+                Step::new(vec![Action::Recv {
+                    peer: 1 - r,
+                    dst: out(0),
+                }]),
+            ];
+            p
+        })
+        .collect();
+    let l = buffered().inter;
+    let one_core = buffered()
+        .with_hosts(Hosts::Blocks(2), l)
+        .with_host_cores(1)
+        .with_wake(w);
+    assert!(2.0 * fold > ALPHA);
+    let e = price(&plans, &one_core, ELEM).unwrap();
+    close(
+        e.time,
+        2.0 * fold,
+        "messages in before their receivers look",
+    );
+}
