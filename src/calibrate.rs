@@ -1390,6 +1390,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 // are not the host's memory).
                 let cores = turns_at.filter(|_| bus_kinds(&[code])).unwrap_or(size);
                 let [alpha, overhead, call, wake] = fit_turns(times, size, cores, bandwidth);
+                // 0 marks a figure not measured: an α that fits at 0 (the
+                // wake carrying a hop's whole cost) is kept at 1 ns.
+                let alpha = alpha.max(1e-9);
                 let slot = &mut agreed[link_slot(code)];
                 // The lone pair's latency curve keeps what each size adds
                 // to its 8 B α, on top of the group's α.

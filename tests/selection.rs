@@ -218,10 +218,16 @@ fn calibration_is_cached_and_reused() {
     );
     let crowded = 3 > braid_transports::shm::online_cpus();
     if crowded {
-        // More ranks than cores on one host: α, o and c come from the
-        // group's ring exchanges from a common start, and the model lets
-        // the ranks take turns at the host's cores.
-        assert!(link.alpha > 0.0 && link.alpha.is_finite(), "{link:?}");
+        // More ranks than cores on one host: α, o, c and the wake come
+        // from the group's exchanges from a common start, and the model
+        // lets the ranks take turns at the host's cores. (α may fit at its
+        // floor of 1 ns: the wake then carries a hop's whole cost.)
+        assert!(link.alpha >= 1e-9 && link.alpha.is_finite(), "{link:?}");
+        assert!(
+            link.wake.is_finite() && link.alpha + link.wake > 0.0,
+            "{link:?}"
+        );
+        assert_eq!(first.network.wake, link.wake);
         assert!(
             link.overhead >= 0.0 && link.overhead.is_finite(),
             "{link:?}"
@@ -232,6 +238,7 @@ fn calibration_is_cached_and_reused() {
         );
     } else {
         assert_eq!(first.network.host_cores, 0, "a core per rank");
+        assert_eq!(link.wake, 0.0);
     }
     if let Some(curve) = &link.latency_by_size {
         let sizes: Vec<f64> = curve.points().iter().map(|p| p.0).collect();
