@@ -358,14 +358,18 @@ pub struct StartLine {
     sleep: std::sync::Mutex<()>,
     turn: std::sync::Condvar,
     ranks: usize,
+    /// More rank threads than this host's online cores (not the cores this
+    /// process may use: `braid-run` pins each rank to one). Found once:
+    /// reading it means reading a file, which between the release and the
+    /// call would make this thread start late.
+    crowded: bool,
     timeout: std::time::Duration,
 }
 
 impl StartLine {
-    /// More rank threads than this host's online cores (not the cores this
-    /// process may use: `braid-run` pins each rank to one).
+    /// More rank threads than this host's online cores.
     pub fn crowded(&self) -> bool {
-        self.ranks > braid_transports::shm::online_cpus()
+        self.crowded
     }
 
     /// How long a waiter spins before it sleeps: longer than the skew a
@@ -383,6 +387,7 @@ impl StartLine {
             sleep: std::sync::Mutex::new(()),
             turn: std::sync::Condvar::new(),
             ranks,
+            crowded: ranks > braid_transports::shm::online_cpus(),
             timeout,
         }
     }
