@@ -1245,10 +1245,15 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     let cores_of: Vec<usize> = (0..size)
         .map(|r| all[r * block + block - 2] as usize)
         .collect();
+    let groups = host_groups(&hosts_of);
+    let my_group: &[usize] = groups
+        .iter()
+        .find(|g| g.contains(&rank))
+        .map_or(&[], |g| &g[..]);
     // Some host runs more ranks than it has cores: the model lets every
     // host's ranks take turns at the fewest cores any host has (every rank
     // decides alike, from what all of them sent).
-    let turns_at = host_groups(&hosts_of)
+    let turns_at = groups
         .iter()
         .any(|g| g.len() > cores_of[g[0]])
         .then(|| cores_of.iter().copied().min().unwrap_or(1).max(1));
@@ -1257,10 +1262,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     // or between one round trip and four, are then noise, and are not
     // measured (on the 2-vCPU VM with 8 ranks they came out anywhere from
     // 0.1 to 180 µs).
-    let crowded = host_groups(&hosts_of)
-        .iter()
-        .find(|g| g.contains(&rank))
-        .is_some_and(|g| g.len() > braid_transports::shm::online_cpus());
+    let crowded = my_group.len() > cores_of[rank];
+    // One host runs every rank, and more of them than it has cores.
+    let alone = crowded && groups.len() == 1;
     let kinds: Vec<Vec<usize>> = (0..size)
         .map(|i| {
             (0..size)
@@ -1294,12 +1298,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     // all of them at once took turns at the cores for 16 MiB passes (50 ms
     // with 4 threads on the 2-vCPU VM), and figures of passes cut into by
     // turns priced a crowded host's turns twice.
-    // One host runs every rank, and more of them than it has cores.
-    let alone = crowded && host_groups(&hosts_of).len() == 1;
-    let has_a_core = host_groups(&hosts_of)
+    let has_a_core = my_group
         .iter()
-        .find(|g| g.contains(&rank))
-        .and_then(|g| g.iter().position(|&r| r == rank))
+        .position(|&r| r == rank)
         .is_some_and(|i| i < cores_of[rank].max(1));
     if gamma_unknown && size > 1 {
         any = true;
@@ -1376,8 +1377,8 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         wire.collective(Algorithm::Bruck, &shape, &measured, &mut every)?;
         agreed = medians(&every, size);
     }
-    // One crowded host, one kind measured: α, o and c from the group at
-    // once (every rank decides alike, from what was all-gathered).
+    // One crowded host, one kind measured: α, o, c and the wake from the
+    // group at once (every rank decides alike, from what was all-gathered).
     let measured_kinds: Vec<usize> = (0..SLOTS)
         .filter(|&c| pairs[c] > 0 && decision[link_slot(c).start] == 0.0)
         .collect();
@@ -1564,7 +1565,6 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     // The host bus: every host's ranks stream at once (after the links,
     // whose bandwidth sizes the messages).
     let used: Vec<usize> = (0..SLOTS).filter(|&c| pairs[c] > 0).collect();
-    let groups = host_groups(&hosts_of);
     let shared = groups.iter().any(|g| g.len() > 1);
     let (host_source, [host_bandwidth, bus_stream, bus_hot]) = if !shared || !bus_kinds(&used) {
         (Source::Default, [f64::INFINITY, 0.0, 0.0])
@@ -1578,13 +1578,8 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             .iter()
             .map(|l| l.bandwidth)
             .fold(f64::INFINITY, f64::min);
-        let group = groups
-            .iter()
-            .find(|g| g.contains(&rank))
-            .cloned()
-            .unwrap_or_default();
         // Crowded hosts have no rates by call size (see Pair::measure).
-        let mine = measure_bus(&mut wire, &group, cores_of[rank], guide, !crowded)?;
+        let mine = measure_bus(&mut wire, my_group, cores_of[rank], guide, !crowded)?;
         let shape = Shape::new(
             Collective::AllGather,
             size,
