@@ -81,6 +81,13 @@
 //!   `pipeline_bytes = 0` the whole message lands first, then `s·γ`: the
 //!   textbook `α + s/B + s·γ`.
 //!
+//! On a host with more ranks than [`Network::host_cores`] K, the ranks take
+//! turns at its K cores (a calendar per core, the earliest free): a
+//! message's start waits for a core for o (o + s/B between ranks of one
+//! host, whose copy is a core's work), a step's local work and a
+//! `RecvReduce`'s folding for their time, and a rank that waited for its
+//! step's last message for [`Network::wake`] before it goes on.
+//!
 //! A step ends when its sends are done and its receives are in; the next
 //! step starts then. The predicted time of the call is when the last rank
 //! ends its last step, every rank entering at 0.
@@ -103,7 +110,8 @@
 //! port time), buffers
 //! freed only when the receiver posts, and the CPU cost of moving a
 //! transport's bytes is in α, B, o and the host bus (only the plan's `Copy`
-//! actions pay [`Network::copy`]). Reductions and local copies do not use
+//! actions pay [`Network::copy`]; on a host with fewer cores than ranks the
+//! sender's copy also holds a core, the receiver's does not). Reductions and local copies do not use
 //! the host bus: charged at full weight they priced braid's measured shared
 //! memory reduce-scatter 2–3× too slow (docs/cost-model.md).
 //!
@@ -408,10 +416,11 @@ pub struct Network {
     pub call_overhead: f64,
     /// Cores of each host that its ranks' work shares; 0 (the default):
     /// as many as it runs ranks. With more ranks on a host than cores,
-    /// the ranks take turns: each message's overhead `o` at its sender, a
-    /// step's `Copy` and `Reduce` and a `RecvReduce`'s folding hold one of
-    /// the host's cores, the earliest free (first come, first served, like
-    /// the ports). A rank alone at work still has a core to itself: a
+    /// the ranks take turns: each message's overhead `o` at its sender
+    /// (with, between ranks of one host, its copy `s/B`), a step's `Copy`
+    /// and `Reduce` and a `RecvReduce`'s folding hold one of the host's
+    /// cores, the earliest free (first come, first served, like the ports),
+    /// and so does a woken rank for [`Network::wake`]. A rank alone at work still has a core to itself: a
     /// star's root sends at `o` a message while its leaves wait, where a
     /// step in which every rank sends costs `ranks · o / cores`.
     pub host_cores: usize,
