@@ -1371,31 +1371,39 @@ fn bad_input_is_an_error_not_a_panic() {
     .is_err());
 }
 
+/// One plan per rank of `n`, buffers of `len` elements, whose one step is
+/// `actions(rank)`.
+fn one_step_each(n: usize, len: u64, actions: impl Fn(usize) -> Vec<Action>) -> Vec<Plan> {
+    (0..n)
+        .map(|r| {
+            let mut p = plan(r, n, vec![]);
+            p.input_len = len;
+            p.output_len = len;
+            p.steps = vec![Step::new(actions(r))];
+            p
+        })
+        .collect()
+}
+
 /// Every rank sends `len` elements to the next rank of its host and
 /// receives as many from the previous one, in one step (`per_host`
 /// consecutive ranks per host).
 fn host_rings(n: usize, per_host: usize, len: u64) -> Vec<Plan> {
-    (0..n)
-        .map(|r| {
-            let base = r / per_host * per_host;
-            let next = base + (r - base + 1) % per_host;
-            let prev = base + (r - base + per_host - 1) % per_host;
-            let mut p = plan(r, n, vec![vec![]]);
-            p.input_len = len;
-            p.output_len = len;
-            p.steps = vec![Step::new(vec![
-                Action::Send {
-                    peer: next,
-                    src: Region::new(BufferId::Input, 0, len),
-                },
-                Action::Recv {
-                    peer: prev,
-                    dst: out(len),
-                },
-            ])];
-            p
-        })
-        .collect()
+    one_step_each(n, len, |r| {
+        let base = r / per_host * per_host;
+        let next = base + (r - base + 1) % per_host;
+        let prev = base + (r - base + per_host - 1) % per_host;
+        vec![
+            Action::Send {
+                peer: next,
+                src: Region::new(BufferId::Input, 0, len),
+            },
+            Action::Recv {
+                peer: prev,
+                dst: out(len),
+            },
+        ]
+    })
 }
 
 #[test]
@@ -1521,18 +1529,12 @@ fn a_bad_host_bandwidth_is_an_error() {
 /// Every rank of `n` folds `len` elements of its input into its output in
 /// one step of its own (no messages).
 fn local_reductions(n: usize, len: u64) -> Vec<Plan> {
-    (0..n)
-        .map(|r| {
-            let mut p = plan(r, n, vec![]);
-            p.input_len = len;
-            p.output_len = len;
-            p.steps = vec![Step::new(vec![Action::Reduce {
-                src: Region::new(BufferId::Input, 0, len),
-                dst: out(len),
-            }])];
-            p
-        })
-        .collect()
+    one_step_each(n, len, |_| {
+        vec![Action::Reduce {
+            src: Region::new(BufferId::Input, 0, len),
+            dst: out(len),
+        }]
+    })
 }
 
 #[test]
