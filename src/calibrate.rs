@@ -988,22 +988,26 @@ pub const COLD_REDUCE_BYTES: u64 = 16 << 20;
 
 /// γ and the copy cost of this host, seconds per byte: [γ, copy] for a
 /// call of 4 MiB, the best of two passes over 4 MiB of f32 (after one that
-/// touches the pages), folded in 256 KiB pieces as the executor folds
-/// received pieces; then [γ, copy] for one of [`COLD_REDUCE_BYTES`], one
-/// pass over buffers that large, which the caches do not hold.
+/// warms them up), folded in 256 KiB pieces as the executor folds received
+/// pieces; then [γ, copy] for one of [`COLD_REDUCE_BYTES`], one pass over
+/// buffers that large, which the caches do not hold. The hot passes run
+/// over the start of the cold pass's buffers: fresh pages cost more than
+/// the passes (on the 2-vCPU VM, touching 40 MiB of new memory took 30–40
+/// ms, the passes 10).
 fn measure_reduce() -> [f64; 4] {
-    let [gamma, copy] = reduce_pass(HOT_REDUCE_BYTES as usize, 3);
-    let [gamma_cold, copy_cold] = reduce_pass(COLD_REDUCE_BYTES as usize, 1);
+    let n = COLD_REDUCE_BYTES as usize / 4;
+    let src: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut dst = vec![1.0f32; n];
+    let [gamma_cold, copy_cold] = reduce_pass(&src, &mut dst, 1);
+    let hot = HOT_REDUCE_BYTES as usize / 4;
+    let [gamma, copy] = reduce_pass(&src[..hot], &mut dst[..hot], 3);
     [gamma, copy, gamma_cold, copy_cold]
 }
 
-/// [`measure_reduce`] over `bytes`: the best of `passes` (the first of
-/// several only warms up).
-fn reduce_pass(bytes: usize, passes: usize) -> [f64; 2] {
+/// [`measure_reduce`] over `src` into `dst`: the best of `passes` (the
+/// first of several only warms up).
+fn reduce_pass(src: &[f32], dst: &mut [f32], passes: usize) -> [f64; 2] {
     const PIECE: usize = (256 << 10) / 4;
-    let n = bytes / 4;
-    let src: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
-    let mut dst = vec![1.0f32; n];
     let (mut gamma, mut copy) = (f64::INFINITY, f64::INFINITY);
     for pass in 0..passes {
         let t = Instant::now();
@@ -1015,15 +1019,15 @@ fn reduce_pass(bytes: usize, passes: usize) -> [f64; 2] {
         for (d, s) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
             d.copy_from_slice(s);
         }
-        std::hint::black_box(&mut dst);
+        std::hint::black_box(&mut *dst);
         let c = t.elapsed().as_secs_f64();
-        // The first of several passes warms the pages up.
+        // The first of several passes warms the caches up.
         if pass > 0 || passes == 1 {
             gamma = gamma.min(g);
             copy = copy.min(c);
         }
     }
-    let bytes = (n * 4) as f64;
+    let bytes = std::mem::size_of_val(src) as f64;
     [(gamma / bytes).max(1e-13), (copy / bytes).max(1e-13)]
 }
 

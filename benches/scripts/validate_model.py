@@ -5,7 +5,11 @@ measured and predicted times. Prints the two acceptance figures (auto within
 10% of the fastest in >= 90% of cells; prediction within 1.5x of the measured
 time of the chosen algorithm), every cell where either fails, and the median
 predicted / measured of every algorithm's rows by collective and size (where
-the model is off, and in which direction).
+the model is off, and in which direction). Files of several rounds also
+get the bench's repeatability: how often the algorithm fastest by the
+median of the other rounds' times is within 10% of a round's fastest (the
+score a model that knew every other round's measurements would get; no
+model can be shown better than the measurement repeats).
 Usage: validate_model.py OUT.jsonl [--markdown]"""
 import json
 import statistics
@@ -87,6 +91,7 @@ def main():
               f"{p:.4g} | {p / a['time_us']:.2f} |" if p else
               f"| {shape} | {n} | {c} | {human(b)} | {best['algorithm']} {best['time_us']:.4g} | "
               f"{a['algorithm']} {a['time_us']:.4g} | {a['time_us'] / best['time_us']:.2f} | - | - |")
+    repeatability(cells)
     print()
     print("Median predicted / measured over every measured row (every algorithm), by size:")
     print()
@@ -103,6 +108,29 @@ def main():
         row = [ratios.get((shape, n, c, b)) for b in sizes]
         print(f"| {shape} | {n} | {c} | "
               + " | ".join(f"{statistics.median(v):.2f}" if v else "" for v in row) + " |")
+
+
+def repeatability(cells):
+    """Scores, for every cell of a round, the algorithm with the lowest
+    median time over the other rounds, as the automatic choice is scored."""
+    rounds = defaultdict(dict)
+    for (shape, n, c, b, rnd), rows in cells.items():
+        rounds[(shape, n, c, b)][rnd] = {r["algorithm"]: r["time_us"] for r in rows}
+    total = within = 0
+    for per_round in rounds.values():
+        for rnd, times in per_round.items():
+            others = [t for o, t in per_round.items() if o != rnd]
+            medians = {a: statistics.median(t[a] for t in others if a in t)
+                       for a in times if any(a in t for t in others)}
+            if not medians:
+                continue
+            pick = min(medians, key=medians.get)
+            total += 1
+            within += times[pick] <= 1.10 * min(times.values())
+    if total:
+        print()
+        print(f"Repeatability: the fastest by the other rounds' median is within 10% of a round's "
+              f"fastest in {within} of {total} cells ({100 * within / total:.1f}%)")
 
 
 if __name__ == "__main__":
