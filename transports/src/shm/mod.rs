@@ -229,6 +229,13 @@ fn open_until(
     }
 }
 
+/// Whether [`connect`] is done: every peer rang this rank's doorbell and
+/// attached to its incoming ring, this rank answered every sender's
+/// single-copy probe, and every receiver answered this rank's.
+fn setup_done(bell_done: bool, all_attached: bool, unanswered: bool, undecided: bool) -> bool {
+    bell_done && all_attached && !unanswered && !undecided
+}
+
 /// Whether this process may read `pid`'s memory: reads the magic number at
 /// the start of its mapping of a ring (at `base` there).
 fn probe_single_copy(pid: u32, base: u64) -> bool {
@@ -610,7 +617,14 @@ pub fn connect(
                 })
             })
             .collect();
-        if bell_done && missing.is_empty() && !undecided {
+        // A sender that attached after the answers above still waits for
+        // this rank's answer: leaving now would hold it until its deadline.
+        let unanswered = t
+            .links
+            .iter()
+            .flatten()
+            .any(|l| l.rx.header().window_ack.0.enabled.load(Ordering::Acquire) == 0);
+        if setup_done(bell_done, missing.is_empty(), unanswered, undecided) {
             break;
         }
         if let Some(&p) = missing.iter().find(|&&p| {

@@ -342,6 +342,32 @@ fn no_segment_is_left_after_connect_or_drop() {
 }
 
 #[test]
+fn setup_waits_for_its_answer_to_a_sender_that_attached_last() {
+    // Every peer attached and rang, every receiver answered this rank,
+    // but a sender attached after this rank's last round of answers: it
+    // waits for that answer, so this rank must not leave yet (it once did,
+    // and the sender waited for its deadline: one connect of 4 processes
+    // in some hundreds).
+    assert!(!setup_done(true, true, true, false));
+    assert!(setup_done(true, true, false, false));
+    assert!(!setup_done(true, false, false, false));
+    assert!(!setup_done(false, true, false, false));
+    assert!(!setup_done(true, true, false, true));
+}
+
+#[test]
+fn repeated_connects_of_four_ranks_all_finish() {
+    // Each connect has 20 s; a rank left waiting for an answer would fail
+    // the group's join instead of hanging.
+    for _ in 0..40 {
+        let job_id = job();
+        let eps = group(4, job_id, &rings(4096));
+        assert_eq!(eps.len(), 4);
+        assert!(leftovers(job_id).is_empty());
+    }
+}
+
+#[test]
 fn a_stale_segment_of_an_earlier_job_does_not_break_a_new_one() {
     let job_id = job();
     // Garbage under the names of ring 1 -> 0, ring 0 -> 1 and rank 1's bell,
