@@ -1058,6 +1058,8 @@ const COLD_AT: usize = 9;
 const CURVE_AT: usize = 10;
 /// Where a kind's wake figure sits (after its curve).
 const WAKE_AT: usize = CURVE_AT + CURVE_BYTES.len() - 1;
+/// A kind's latency curve: α at each of [`CURVE_BYTES`] but the first.
+const CURVE: std::ops::Range<usize> = CURVE_AT..WAKE_AT;
 /// [source, gamma, copy] of the reduce kernels.
 const REDUCE_AT: usize = SLOTS * LINK_WIDTH;
 const PORTS_AT: usize = REDUCE_AT + 5;
@@ -1140,7 +1142,7 @@ fn decide(config: &Config, nranks: usize, kinds: &str) -> Vec<f64> {
                         .get("curve")
                         .and_then(|c| parse_figures::<{ CURVE_BYTES.len() - 1 }>(c))
                     {
-                        slot[CURVE_AT..WAKE_AT].copy_from_slice(&curve);
+                        slot[CURVE].copy_from_slice(&curve);
                     }
                 }
             }
@@ -1364,7 +1366,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 slot[HOT_AT..HOT_AT + 2].copy_from_slice(&m.hot);
                 slot[COLD_AT] = m.cold;
                 if let Some(curve) = m.curve {
-                    slot[CURVE_AT..WAKE_AT].copy_from_slice(&curve);
+                    slot[CURVE].copy_from_slice(&curve);
                 }
             }
         }
@@ -1402,7 +1404,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 // The lone pair's latency curve keeps what each size adds
                 // to its 8 B α, on top of the group's α.
                 let was = slot[1];
-                for a in slot[CURVE_AT..WAKE_AT].iter_mut().filter(|a| **a > 0.0) {
+                for a in slot[CURVE].iter_mut().filter(|a| **a > 0.0) {
                     *a = (alpha + *a - was).max(alpha * 0.1);
                 }
                 slot[1] = alpha;
@@ -1432,28 +1434,23 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         } else {
             (da, db, d_o)
         };
-        let wake = if ok && from[WAKE_AT].is_finite() {
-            from[WAKE_AT].max(0.0)
-        } else {
-            0.0
+        // A measured figure that may be 0 (not measured) but not negative.
+        let figure = |at: usize| {
+            if ok && from[at].is_finite() {
+                from[at].max(0.0)
+            } else {
+                0.0
+            }
         };
-        let call_overhead = if ok && from[CALL_AT].is_finite() {
-            from[CALL_AT].max(0.0)
-        } else {
-            0.0
-        };
+        let (wake, call_overhead) = (figure(WAKE_AT), figure(CALL_AT));
         // Full duplex unless each way at once is clearly slower than one.
         let duplex = (ok && from[DUPLEX_AT].is_finite() && from[DUPLEX_AT] > 0.0)
             .then_some(from[DUPLEX_AT])
             .filter(|&d| d < 0.9 * bandwidth);
-        let curve = if ok
-            && from[CURVE_AT..WAKE_AT]
-                .iter()
-                .all(|a| *a > 0.0 && a.is_finite())
-        {
+        let curve = if ok && from[CURVE].iter().all(|a| *a > 0.0 && a.is_finite()) {
             let points: Vec<(f64, f64)> = CURVE_BYTES
                 .iter()
-                .zip(std::iter::once(&alpha).chain(&from[CURVE_AT..WAKE_AT]))
+                .zip(std::iter::once(&alpha).chain(&from[CURVE]))
                 .map(|(&b, &a)| (b as f64, a))
                 .collect();
             SizeCurve::new(&points).ok()
@@ -1504,10 +1501,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 }
             }
             if curve.is_some() {
-                let text: Vec<String> = from[CURVE_AT..WAKE_AT]
-                    .iter()
-                    .map(|a| format!("{a:e}"))
-                    .collect();
+                let text: Vec<String> = from[CURVE].iter().map(|a| format!("{a:e}")).collect();
                 e.fields.insert("curve".into(), text.join("/"));
             }
             e.fields.insert("at".into(), now_secs().to_string());
