@@ -274,8 +274,9 @@ impl Calibration {
         ));
         if self.host_bandwidth.is_finite() {
             let hot = self.host_bandwidth_by_size.map_or(String::new(), |c| {
-                let (b, c) = c.points()[0];
-                format!(" (calls of {b} B: {:.2})", c / 1e9)
+                let p = c.points();
+                let ((b, c), (stream, _)) = (p[0], p[p.len() - 1]);
+                format!(" (calls of {b} B: {:.2}, {stream} B)", c / 1e9)
             });
             s.push_str(&format!(
                 "host bus {:.2} GB/s{hot} ({}); ",
@@ -297,6 +298,187 @@ impl Calibration {
         ));
         s
     }
+}
+
+/// The network a [`Calibration::describe`] line of a group of `nranks`
+/// ranks on one host stands for (the line `BRAID_DEBUG=tuning` prints after
+/// "braid tuning network: "), priced with pieces of `chunk_bytes`: so that
+/// `braid-sim --network` can replay a calibration and rows measured with it
+/// can be priced again. One link kind only (the line does not say which
+/// ranks a second kind joins); figures as printed (3 or 4 digits).
+pub fn network_from_description(
+    text: &str,
+    nranks: usize,
+    chunk_bytes: u64,
+) -> std::result::Result<Network, String> {
+    let number = |s: &str, after: &str| -> std::result::Result<f64, String> {
+        let at = s
+            .find(after)
+            .ok_or_else(|| format!("no '{}' in '{s}'", after.trim()))?;
+        let rest = &s[at + after.len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
+            .unwrap_or(rest.len());
+        rest[..end]
+            .parse()
+            .map_err(|_| format!("'{}' is not a number in '{s}'", &rest[..end]))
+    };
+    // "(calls of A B: x, C B: y)" → [(A, x·scale), (C, y·scale)]; a last
+    // point without a value ("C B)") gets `last`.
+    let calls = |s: &str, scale: f64, last: f64| -> Vec<(f64, f64)> {
+        let Some(at) = s.find("(calls of ") else {
+            return Vec::new();
+        };
+        let inner = &s[at + 10..];
+        let inner = &inner[..inner.find(')').unwrap_or(inner.len())];
+        inner
+            .split(", ")
+            .filter_map(|p| {
+                let (bytes, value) = p.split_once(" B")?;
+                let value = value.trim_start_matches(':').trim();
+                let v = if value.is_empty() {
+                    last
+                } else {
+                    value.parse::<f64>().ok()? * scale
+                };
+                Some((bytes.trim().parse().ok()?, v))
+            })
+            .collect()
+    };
+    let curve = |p: &[(f64, f64)]| SizeCurve::new(p).map_err(|e| e.to_string());
+    let segments: Vec<&str> = text.split("; ").map(str::trim).collect();
+    let mut links = Vec::new();
+    let (mut gamma, mut copy, mut memory) = (DEFAULT_GAMMA, DEFAULT_COPY, None);
+    let (mut bus, mut bus_curve, mut cores) = (f64::INFINITY, Vec::new(), 0usize);
+    for seg in &segments {
+        if let Some(rest) = seg.strip_prefix("gamma ") {
+            gamma = number(rest, "")? * 1e-9;
+            copy = number(rest, "copy ")? * 1e-9;
+            if let Some(at) = rest.find("(calls of ") {
+                let cold = &rest[at + 10..];
+                let size = number(cold, "")?;
+                let g = number(cold, ": ")? * 1e-9;
+                let c = number(cold, ", ")? * 1e-9;
+                let at =
+                    |hot: f64, cold: f64| curve(&[(HOT_REDUCE_BYTES as f64, hot), (size, cold)]);
+                memory = Some((at(gamma, g)?, at(copy, c)?));
+            }
+        } else if let Some(rest) = seg.strip_prefix("host bus ") {
+            bus = number(rest, "")? * 1e9;
+            bus_curve = calls(rest, 1e9, bus);
+        } else if let Some(rest) = seg.strip_prefix("ranks take turns at ") {
+            cores = number(rest, "")? as usize;
+        } else if let Some((kind, rest)) = seg.split_once(": alpha ") {
+            let kind = LINK_KINDS
+                .iter()
+                .copied()
+                .find(|k| *k == kind || (*k == "shaped" && kind.ends_with("+shape")))
+                .unwrap_or("other");
+            let alpha = number(rest, "")? * 1e-6;
+            let latency_by_size = match rest.find("(by size: ") {
+                Some(at) => {
+                    let inner = &rest[at + 10..];
+                    let inner = &inner[..inner.find(" us)").unwrap_or(inner.len())];
+                    let points: Vec<(f64, f64)> = inner
+                        .split(", ")
+                        .filter_map(|p| {
+                            let (b, a) = p.split_once(" B ")?;
+                            Some((b.parse().ok()?, a.parse::<f64>().ok()? * 1e-6))
+                        })
+                        .collect();
+                    Some(curve(&points)?)
+                }
+                None => None,
+            };
+            let b_at = rest.find(", B ").ok_or("no ', B ' in a link")?;
+            let b_part = &rest[b_at..];
+            let bandwidth = number(b_part, ", B ")? * 1e9;
+            let (b_text, d_text) = match b_part.find(" one way, ") {
+                Some(at) => (&b_part[..at], Some(&b_part[at + 10..])),
+                None => (b_part, None),
+            };
+            let b_text = &b_text[..b_text.find(", o ").unwrap_or(b_text.len())];
+            let b_points = calls(b_text, 1e9, bandwidth);
+            let stream = b_points.last().map(|p| p.0);
+            let bandwidth_by_size = (!b_points.is_empty())
+                .then(|| curve(&b_points))
+                .transpose()?;
+            let (duplex, duplex_by_size) = match d_text {
+                Some(d) => {
+                    let rate = number(d, "")? * 1e9;
+                    let d = &d[..d.find(", o ").unwrap_or(d.len())];
+                    let mut p = calls(d, 1e9, rate);
+                    // Three points: the hot, the stream's (not printed), the cold.
+                    if let (Some(s), [_, last]) = (stream, p.as_slice()) {
+                        if last.0 != s {
+                            p.insert(1, (s, rate));
+                        }
+                    }
+                    (Some(rate), (!p.is_empty()).then(|| curve(&p)).transpose()?)
+                }
+                None => (None, None),
+            };
+            let tail = &rest[rest.find(", o ").ok_or("no ', o ' in a link")?..];
+            let wake = if tail.contains(", wake ") {
+                number(tail, ", wake ")? * 1e-6
+            } else {
+                0.0
+            };
+            links.push(LinkFigures {
+                kind,
+                alpha,
+                bandwidth,
+                duplex,
+                bandwidth_by_size,
+                duplex_by_size,
+                overhead: number(tail, ", o ")? * 1e-6,
+                call_overhead: number(tail, ", call ")? * 1e-6,
+                wake,
+                latency_by_size,
+                source: Source::Measured,
+                pairs: nranks * nranks.saturating_sub(1),
+                injection: if tail.contains("no port limit") {
+                    Injection::Unlimited
+                } else {
+                    Injection::Link
+                },
+            });
+        }
+    }
+    let [only] = links.as_slice() else {
+        return Err(format!(
+            "expected one link kind in '{text}', found {}",
+            links.len()
+        ));
+    };
+    let mut network = build_network(&[], &links, gamma, copy, chunk_bytes);
+    if let Some((g, c)) = memory {
+        network = network.with_memory_by_size(g, c);
+    }
+    if bus.is_finite() {
+        let link = network.inter;
+        network = network
+            .with_hosts(Hosts::Blocks(nranks.max(1)), link)
+            .with_host_bandwidth(bus);
+        if let [hot, ..] = bus_curve.as_slice() {
+            let stream = match bus_curve.get(1) {
+                Some(p) => p.0,
+                // Lines before the stream point was printed: measure_bus's
+                // size for this group (a hot point: it had a core per rank).
+                None => {
+                    let steps = nranks.saturating_sub(1).max(1) as f64;
+                    let want = (only.bandwidth * 2e-3 / steps)
+                        .clamp((64 << 10) as f64, (32 << 20) as f64 / steps);
+                    steps * ((want as u64 / 4096).max(1) * 4096) as f64
+                }
+            };
+            network = network.with_host_bandwidth_by_size(curve(&[*hot, (stream, bus)])?);
+        }
+    }
+    if cores > 0 {
+        network = network.with_host_cores(cores);
+    }
+    Ok(network)
 }
 
 /// The figures used without measuring (`BRAID_CALIBRATE=off`), and the

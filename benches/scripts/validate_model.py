@@ -12,6 +12,7 @@ score a model that knew every other round's measurements would get; no
 model can be shown better than the measurement repeats).
 Usage: validate_model.py OUT.jsonl [--markdown]"""
 import json
+import signal
 import statistics
 import sys
 from collections import defaultdict
@@ -25,6 +26,7 @@ def human(b):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # | head
     cells = defaultdict(list)
     for line in open(sys.argv[1]):
         line = line.strip()

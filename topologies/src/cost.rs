@@ -181,8 +181,9 @@ pub struct Link {
     pub duplex: Option<f64>,
 }
 
-/// A figure as a function of a size in bytes, from measured points: linear
-/// between two points, the first point's below it, the last's beyond it.
+/// A figure as a function of a size in bytes, from measured points: between
+/// two points by the logarithm of the size (linear from a point at 0 B),
+/// the first point's below it, the last's beyond it.
 ///
 /// Latency by message size ([`Link::latency_by_size`]): small messages are
 /// not all alike: shared memory carries 8 bytes in the very line the
@@ -248,7 +249,16 @@ impl SizeCurve {
         }
         let i = p.partition_point(|&(b, _)| b <= bytes);
         let ((b0, a0), (b1, a1)) = (p[i - 1], p[i]);
-        a0 + (a1 - a0) * (bytes - b0) / (b1 - b0)
+        // By the logarithm of the size: a rate that falls as buffers leave
+        // the caches falls by the size's order of magnitude, not its bytes
+        // (16-core device, 2026-11-27: 1 MiB calls moved at about the rates
+        // of 16 MiB ones, far from the linear midpoint near the hot rate).
+        let f = if b0 > 0.0 {
+            (bytes / b0).ln() / (b1 / b0).ln()
+        } else {
+            (bytes - b0) / (b1 - b0)
+        };
+        a0 + (a1 - a0) * f
     }
 }
 
@@ -1330,6 +1340,13 @@ struct Engine<'a> {
     /// senders are launched out of time order.
     ejection: Vec<Calendar>,
     cpu_free: Vec<f64>,
+    /// Each rank's own core, where one core copies both ways (a class with
+    /// a [`Link::duplex`] rate): the overhead o of each message it sends
+    /// and of each it receives (the last o of the message's α) take it in
+    /// turn, so that a rank sending and receiving many messages in one
+    /// step (a linear all-to-all) pays both, where ports alone would
+    /// overlap them.
+    own: Vec<Calendar>,
     /// The host bus: bytes per second (infinite: none), each rank's host
     /// (dense index) and each host's bus reservations.
     bus: f64,
@@ -1513,6 +1530,7 @@ impl<'a> Engine<'a> {
             inj_free: vec![0.0; 2 * n],
             ejection: (0..2 * n).map(|_| Calendar::default()).collect(),
             cpu_free: vec![0.0; n],
+            own: (0..n).map(|_| Calendar::default()).collect(),
             bus,
             host,
             bus_busy: (0..hosts).map(|_| Calendar::default()).collect(),
@@ -1808,6 +1826,9 @@ impl<'a> Engine<'a> {
         // the receiver's port takes them in as they come, or after its
         // earlier messages (`absorbed`); the last byte lands α later.
         let mut start = now.max(self.st[a].cursors[ga].free).max(self.inj_free[ia]);
+        if link.of.duplex.is_some() && self.overhead > 0.0 {
+            start = self.own[a].reserve(start, self.overhead, now) - self.overhead;
+        }
         let xfer = bytes / wire;
         if !self.cores.is_empty() {
             // The sender's overhead needs one of its host's cores, and
@@ -1867,13 +1888,18 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// When `b` has folded in a message of `bytes` whose last byte lands
-    /// at `landed` (pieces stream in at `wire`), not starting before now.
-    fn reduced(&mut self, b: usize, op: Op, bytes: f64, landed: f64, wire: f64) -> f64 {
+    /// When `b` has folded in a message of `bytes` from `a` whose last byte
+    /// lands at `landed` (pieces stream in at `wire`), not starting before
+    /// now. Folding overlaps the next piece's flight, except where one core
+    /// copies both ways (a [`Link::duplex`] class): there the receiver's
+    /// core takes the bytes in, so it folds after they are in.
+    fn reduced(&mut self, a: usize, b: usize, op: Op, bytes: f64, landed: f64, wire: f64) -> f64 {
         let gamma = self.gamma_of(op);
         let red = bytes * gamma;
         let cpu = self.cpu_free[b].max(self.now);
-        let d = if self.piece > 0.0 && bytes > self.piece {
+        let class = usize::from(self.net.same_host(a, b));
+        let overlaps = self.links[class].of.duplex.is_none();
+        let d = if overlaps && self.piece > 0.0 && bytes > self.piece {
             let k = (bytes / self.piece).ceil();
             let last = bytes - self.piece * (k - 1.0);
             let first_landed = landed - (bytes - self.piece) / wire;
@@ -1886,6 +1912,19 @@ impl<'a> Engine<'a> {
         };
         self.cpu_free[b] = d;
         d
+    }
+
+    /// When `b` has taken a message from `a` whose bytes are in at `landed`:
+    /// where one core copies both ways, the message's overhead o, the end
+    /// of its α, needs `b`'s own core (see `own`); else `landed`.
+    fn received(&mut self, a: usize, b: usize, landed: f64) -> f64 {
+        let class = usize::from(self.net.same_host(a, b));
+        let o = self.overhead;
+        if self.links[class].of.duplex.is_none() || o <= 0.0 {
+            return landed;
+        }
+        let from = (landed - o).max(self.now);
+        self.own[b].reserve(from, o, self.now).max(landed)
     }
 
     /// Records that `b`'s receive (of `kind`) is in at `done` by `path`.
@@ -1945,14 +1984,16 @@ impl<'a> Engine<'a> {
             }
             let bytes = send.elems as f64 * self.elem;
             let f = self.launch(a, ga, b, bytes, path, true);
+            let landed = self.received(a, b, f.landed);
             let done = match recv.kind {
-                Kind::RecvReduce => self.reduced(b, recv, bytes, f.landed, f.wire),
-                _ => f.landed,
+                Kind::RecvReduce => self.reduced(a, b, recv, bytes, landed, f.wire),
+                _ => landed,
             };
             let alpha = f.landed - f.absorbed;
             let rpath = add(f.path, |p| {
                 p.latency += alpha;
-                p.reduce += done - f.landed;
+                p.contention += landed - f.landed;
+                p.reduce += done - landed;
             });
             self.deliver(b, gb, done, rpath);
         }
@@ -2029,11 +2070,15 @@ impl<'a> Engine<'a> {
             } else {
                 (path, self.now)
             };
+            let taken = self.received(a, b, at);
             let done = match recv.kind {
-                Kind::RecvReduce => self.reduced(b, recv, e.bytes, e.landed, e.wire),
-                _ => at,
+                Kind::RecvReduce => self.reduced(a, b, recv, e.bytes, taken, e.wire),
+                _ => taken,
             };
-            let rpath = add(from, |p| p.reduce += done - at);
+            let rpath = add(from, |p| {
+                p.contention += taken - at;
+                p.reduce += done - taken;
+            });
             self.deliver(b, gb, done, rpath);
         }
         Ok(())

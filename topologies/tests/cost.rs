@@ -501,19 +501,26 @@ fn rabenseifner_all_reduce_folds_extra_ranks() {
     assert!(e.critical_path.contention > 0.0);
 }
 
+/// A size curve's value at `s` between its points `p` and `q`: by the
+/// logarithm of the size.
+fn between(s: f64, p: (f64, f64), q: (f64, f64)) -> f64 {
+    p.1 + (q.1 - p.1) * (s / p.0).ln() / (q.0 / p.0).ln()
+}
+
 #[test]
 fn latency_follows_the_curve_of_message_sizes() {
     // α by payload: 1 µs up to 8 B (shared memory's inline writes), 3 µs at
-    // 64 B, then linear up to α at 4 KiB and flat beyond. A ring all-gather
+    // 64 B, then up to α at 4 KiB (by the logarithm of the size) and flat
+    // beyond. A ring all-gather
     // pays α(block) on each of its N−1 steps.
     let curve = SizeCurve::new(&[(8.0, 1e-6), (64.0, 3e-6), (4096.0, ALPHA)]).unwrap();
     let at = |b: f64| {
         if b <= 8.0 {
             1e-6
         } else if b <= 64.0 {
-            1e-6 + 2e-6 * (b - 8.0) / 56.0
+            between(b, (8.0, 1e-6), (64.0, 3e-6))
         } else if b <= 4096.0 {
-            3e-6 + (ALPHA - 3e-6) * (b - 64.0) / 4032.0
+            between(b, (64.0, 3e-6), (4096.0, ALPHA))
         } else {
             ALPHA
         }
@@ -570,11 +577,9 @@ fn bandwidth_and_duplex_follow_the_size_of_the_call() {
         if s <= points[0].0 {
             points[0].1
         } else if s <= points[1].0 {
-            points[0].1
-                + (points[1].1 - points[0].1) * (s - points[0].0) / (points[1].0 - points[0].0)
+            between(s, points[0], points[1])
         } else if s <= points[2].0 {
-            points[1].1
-                + (points[2].1 - points[1].1) * (s - points[1].0) / (points[2].0 - points[1].0)
+            between(s, points[1], points[2])
         } else {
             points[2].1
         }
@@ -1672,5 +1677,72 @@ fn ranks_woken_at_once_take_turns_to_resume() {
         e.time,
         2.0 * fold,
         "messages in before their receivers look",
+    );
+}
+
+#[test]
+fn one_core_copying_both_ways_takes_a_rank_s_sends_and_receives_in_turn() {
+    // A linear all-to-all of one element per peer, o = 1 µs, α = 0.1 µs.
+    // With full-duplex ports a rank's N − 1 sends and N − 1 receives
+    // overlap: under 2(N − 1)·o. Where one core copies both ways (a duplex
+    // rate), each receive's o (the end of its α) needs the core the rank's
+    // own sends hold: 2(N − 1)·o at least, in turns first come, first
+    // served (up to about an o and α more per peer where they interleave).
+    let (o, alpha) = (1e-6, 0.1e-6);
+    for n in [2usize, 3, 4, 8] {
+        let nf = n as f64;
+        let shape = Shape::new(
+            Collective::AllToAll,
+            n,
+            0,
+            Counts::Matrix {
+                counts: vec![1; n * n],
+                partial: false,
+            },
+        );
+        let ports = Network::uniform(alpha, BW)
+            .with_overhead(o)
+            .with_buffer_bytes(0);
+        let apart = priced(Algorithm::Linear, &shape, 0, &ports).time;
+        assert!(apart < 2.0 * (nf - 1.0) * o, "N={n} full duplex: {apart:e}");
+        let mut one_core = ports.clone();
+        one_core.inter = one_core.inter.with_duplex(BW / 2.0);
+        one_core.intra = one_core.inter;
+        let e = priced(Algorithm::Linear, &shape, 0, &one_core);
+        let want = 2.0 * (nf - 1.0) * o;
+        assert!(
+            e.time >= want && e.time < want + (nf - 1.0) * (o + alpha),
+            "N={n} one core: {:e}, want about {want:e}",
+            e.time
+        );
+    }
+}
+
+#[test]
+fn one_core_copying_both_ways_folds_after_the_bytes_are_in() {
+    // A ring reduce-scatter with blocks of 16 pieces: where the pieces
+    // stream in while the last ones fold, each step costs α + b/B + one
+    // piece's γ; where one core copies both ways (a duplex rate D) it takes
+    // the bytes in, then folds them: α + b/D + b·γ.
+    let (n, per_rank) = (4usize, 1u64 << 20);
+    let (nf, b) = (n as f64, (per_rank * ELEM) as f64);
+    let piece = b / 16.0;
+    let base = net().with_pipeline_bytes(piece as u64);
+    let shape = blocks(Collective::ReduceScatter, n, per_rank);
+    let e = priced(Algorithm::Ring, &shape, 0, &base);
+    close(
+        e.time,
+        (nf - 1.0) * (ALPHA + b / BW + piece * GAMMA),
+        "streamed folds",
+    );
+    let mut one_core = base.clone();
+    let d = BW / 2.0;
+    one_core.inter = one_core.inter.with_duplex(d);
+    one_core.intra = one_core.inter;
+    let e = priced(Algorithm::Ring, &shape, 0, &one_core);
+    close(
+        e.time,
+        (nf - 1.0) * (ALPHA + b / d + b * GAMMA),
+        "folds after the bytes",
     );
 }

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
 
+use braid::calibrate::network_from_description;
 use braid::{parse_size, DType};
 use braid_bench::args::{usage, ArgError, Flags};
 use braid_topologies::cost::DEFAULT_PIPELINE_BYTES;
@@ -40,6 +41,9 @@ network:
       --ranks-per-host K     ranks per host, which talk over the intra link (default 1)
       --intra-alpha US       intra-host latency in microseconds (default 0.5)
       --intra-bandwidth GBIT intra-host bandwidth in Gbit/s (default 100)
+      --network LINE         the network a calibration printed (BRAID_DEBUG=tuning's
+                             line after \"braid tuning network: \"; one link kind, ranks
+                             on one host) instead of the flags above but --pipeline
 
 calls:
   -n, --ranks LIST           rank counts: 2,8,64 or A..B (A, 2A, 4A, ... up to B)
@@ -77,6 +81,8 @@ enum Format {
 struct Options {
     collectives: Vec<Collective>,
     net: Network,
+    /// `--network`: a calibration's line, made a network per rank count.
+    described: Option<String>,
     ranks: Vec<usize>,
     sizes: Vec<u64>,
     dtype: DType,
@@ -169,6 +175,7 @@ where
     let mut tune = TuneOptions::default();
     let (mut all, mut format) = (false, Format::Table);
     let mut collectives = Vec::new();
+    let mut described = None;
     let mut flags = Flags::new(args);
     while let Some((flag, mut inline)) =
         flags.next_flag(&["--all", "--fast", "--json", "--markdown", "-h", "--help"])?
@@ -214,6 +221,7 @@ where
             }
             "--intra-alpha" => intra_alpha = float(flag, &value()?, false)?,
             "--intra-bandwidth" => intra_bw = float(flag, &value()?, true)?,
+            "--network" => described = Some(value()?),
             "-n" | "--ranks" => {
                 let v = value()?;
                 ranks = list(flag, &v, |s| whole(flag, s))?
@@ -288,9 +296,19 @@ where
             Hosts::Blocks(per_host),
             Link::new(intra_alpha / 1e6, gbit(intra_bw)),
         );
+    if let Some(line) = &described {
+        let n = ranks.iter().copied().max().unwrap_or(2);
+        network_from_description(line, n, pipeline)
+            .map_err(|e| usage(format!("--network: {e}")))?;
+        flags = format!(
+            "the calibrated network '{line}', pipeline {}",
+            fmt_size(pipeline)
+        );
+    }
     Ok(Options {
         collectives,
         net,
+        described,
         ranks,
         sizes,
         dtype,
@@ -428,7 +446,12 @@ fn main() -> ExitCode {
         for &n in &o.ranks {
             let mut cells = vec![n.to_string()];
             for &s in &o.sizes {
-                let t = match tune(c, s, n, elem, &o.net, &o.tune) {
+                let described = o.described.as_ref().map(|line| {
+                    network_from_description(line, n, o.net.pipeline_bytes)
+                        .expect("checked when parsed")
+                });
+                let net = described.as_ref().unwrap_or(&o.net);
+                let t = match tune(c, s, n, elem, net, &o.tune) {
                     Ok(t) => t,
                     Err(e) => {
                         eprintln!("braid-sim: {c} N={n} {s} B: {e}");
