@@ -392,10 +392,11 @@ pub struct Network {
     /// the 2-vCPU VM a 4 MiB copy ran at 50–60 GB/s, one of 64 MiB at
     /// 18 GB/s). `None`: `gamma` and `copy` for every call.
     /// [`Network::at_call_bytes`] resolves them. A `RecvReduce` into
-    /// elements a `Copy` of its step has just written (a pipelined tree's
-    /// root copies a piece of its input, then folds the peer's piece into
-    /// it) folds at the γ of a call the copy's size, at most the call's:
-    /// what that copy wrote is still in the cache when it is small.
+    /// elements a `Copy` of its step or an earlier one wrote (a pipelined
+    /// tree's rank copies a piece of its input, then folds its children's
+    /// pieces into it) folds at the γ of a call the copy's size, at most
+    /// the call's: what that copy wrote is still in the cache when it is
+    /// small.
     pub gamma_by_size: Option<SizeCurve>,
     /// See [`Network::gamma_by_size`].
     pub copy_by_size: Option<SizeCurve>,
@@ -1015,12 +1016,22 @@ fn compact(
 ) -> Result<Compact, CostError> {
     let n = plan.nranks;
     let mut out = Compact::default();
+    // The length of the latest copy into each (buffer, offset) of earlier
+    // steps: a pipelined tree copies a chunk of its input, then folds its
+    // children's pieces into it over the next steps, while it is still in
+    // the cache when small.
+    let mut copies: HashMap<(crate::BufferId, u64), u64> = HashMap::new();
     for (si, step) in plan.steps.iter().enumerate() {
         let (mut copy, mut reduce) = (0u64, 0u64);
         ops.clear();
         // The step's copies run before its messages: a fold into what one
-        // of them wrote reads it back from the cache when it is small.
+        // of them (or of an earlier step's) wrote reads it back from the
+        // cache when it is small.
         let copied_into = |dst: &crate::Region| {
+            let earlier = copies
+                .get(&(dst.buf, dst.offset))
+                .copied()
+                .filter(|&len| dst.len <= len);
             step.actions
                 .iter()
                 .filter_map(|a| match a {
@@ -1033,6 +1044,7 @@ fn compact(
                     }
                     _ => None,
                 })
+                .chain(earlier)
                 .max()
                 .unwrap_or(0)
         };
@@ -1070,6 +1082,11 @@ fn compact(
                 kind,
                 copied,
             });
+        }
+        for a in &step.actions {
+            if let Action::Copy { dst, .. } = a {
+                copies.insert((dst.buf, dst.offset), dst.len);
+            }
         }
         // Stable: plan order within one (peer, direction).
         ops.sort_by_key(Op::key);
@@ -1879,8 +1896,9 @@ impl<'a> Engine<'a> {
     }
 
     /// γ of a `RecvReduce`: the call's, or where the elements it folds
-    /// into were just copied, that of a call the copy's size (in the
-    /// cache when small), never more than the call's.
+    /// into were copied (by its step or an earlier one), that of a call
+    /// the copy's size (in the cache when small), never more than the
+    /// call's.
     fn gamma_of(&self, op: Op) -> f64 {
         match self.net.gamma_by_size {
             Some(curve) if op.copied > 0 => curve.at(op.copied as f64 * self.elem).min(self.gamma),

@@ -667,7 +667,7 @@ fn bandwidth_and_duplex_follow_the_size_of_the_call() {
 }
 
 #[test]
-fn a_fold_into_a_piece_just_copied_folds_at_the_gamma_of_its_size() {
+fn a_fold_into_a_piece_copied_before_folds_at_the_gamma_of_its_size() {
     // γ by size: γ/4 up to 4 MiB (in the caches), γ from 16 MiB on.
     let gammas =
         SizeCurve::new(&[(4.0 * 1048576.0, GAMMA / 4.0), (16.0 * 1048576.0, GAMMA)]).unwrap();
@@ -679,35 +679,55 @@ fn a_fold_into_a_piece_just_copied_folds_at_the_gamma_of_its_size() {
     let call_len = 16u64 << 20;
     let len = 1000u64;
     let b = (len * ELEM) as f64;
-    let time = |copy: Region| {
-        let mut root = plan(
-            0,
-            2,
-            vec![vec![
-                Action::Copy {
-                    src: Region::new(BufferId::Input, copy.offset, copy.len),
-                    dst: copy,
-                },
-                Action::RecvReduce {
-                    peer: 1,
-                    dst: out(len),
-                },
-            ]],
-        );
+    // `earlier`: the copy is a step of its own before the fold's (as a
+    // pipelined tree's root copies a chunk, then folds a child's piece
+    // into it steps later).
+    let time_after = |copy: Region, earlier: bool| {
+        let copy = Action::Copy {
+            src: Region::new(BufferId::Input, copy.offset, copy.len),
+            dst: copy,
+        };
+        let fold = Action::RecvReduce {
+            peer: 1,
+            dst: out(len),
+        };
+        let steps = if earlier {
+            vec![vec![copy], vec![fold]]
+        } else {
+            vec![vec![copy, fold]]
+        };
+        let mut root = plan(0, 2, steps);
+        let send = Action::Send {
+            peer: 0,
+            src: Region::new(BufferId::Input, 0, len),
+        };
         let mut leaf = plan(
             1,
             2,
-            vec![vec![Action::Send {
-                peer: 0,
-                src: Region::new(BufferId::Input, 0, len),
-            }]],
+            if earlier {
+                vec![vec![], vec![send]]
+            } else {
+                vec![vec![send]]
+            },
         );
         for p in [&mut root, &mut leaf] {
             (p.input_len, p.output_len) = (call_len, call_len);
         }
         price(&[root, leaf], &folding, ELEM).unwrap().time
     };
+    let time = |copy: Region| time_after(copy, false);
     let out_at = |offset, len| Region::new(BufferId::Output, offset, len);
+    // Copied a step before: still in the cache.
+    close(
+        time_after(out_at(0, len), true),
+        ALPHA + b / BW + b * GAMMA / 4.0,
+        "copied a step before",
+    );
+    close(
+        time_after(out_at(len, len), true),
+        ALPHA + b / BW + b * GAMMA,
+        "elsewhere, a step before",
+    );
     // Copied just before, and small: in the cache.
     close(
         time(out_at(0, len)),
