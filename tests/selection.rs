@@ -459,3 +459,39 @@ fn two_link_kinds_make_two_hosts() {
     );
     assert!((cal.network.inter.alpha - 50e-6).abs() < 1e-15);
 }
+
+#[test]
+fn a_calibration_s_line_prices_as_its_network() {
+    // `braid-sim --network` and benches/scripts/reprice.py rebuild the
+    // network from the line BRAID_DEBUG=tuning prints; the figures are
+    // printed to 3 or 4 digits, so prices agree to within a few percent.
+    let n = 4;
+    let cfg = config("line");
+    let cal = run_local(n, cfg.clone(), |comm| comm.calibrate().unwrap().clone())
+        .unwrap()
+        .remove(0);
+    let line = cal.describe();
+    let net = braid::calibrate::network_from_description(&line, n, cfg.chunk_bytes as u64)
+        .unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(net.host_cores, cal.network.host_cores, "{line}");
+    assert_eq!(net.inter.duplex.is_some(), cal.network.inter.duplex.is_some());
+    for c in [Collective::AllReduce, Collective::AllToAll, Collective::Gather] {
+        for bytes in [8u64, 64 << 10, 16 << 20] {
+            for a in Algorithm::ALL.into_iter().filter(|a| a.supports(c)) {
+                let price = |net| {
+                    model_choice(net, c, bytes, n, 4, Some(a), None)
+                        .unwrap()
+                        .predicted
+                        .unwrap()
+                };
+                let (want, got) = (price(&cal.network), price(&net));
+                assert!(
+                    (got / want - 1.0).abs() < 0.03,
+                    "{c} {a} {bytes} B: {got:e} s from the line, {want:e} s calibrated\n{line}"
+                );
+            }
+        }
+    }
+    let bad = braid::calibrate::network_from_description("shm: alpha x us", n, 1 << 18);
+    assert!(bad.is_err(), "{bad:?}");
+}
