@@ -474,8 +474,15 @@ fn a_calibration_s_line_prices_as_its_network() {
     let net = braid::calibrate::network_from_description(&line, n, cfg.chunk_bytes as u64)
         .unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(net.host_cores, cal.network.host_cores, "{line}");
-    assert_eq!(net.inter.duplex.is_some(), cal.network.inter.duplex.is_some());
-    for c in [Collective::AllReduce, Collective::AllToAll, Collective::Gather] {
+    assert_eq!(
+        net.inter.duplex.is_some(),
+        cal.network.inter.duplex.is_some()
+    );
+    for c in [
+        Collective::AllReduce,
+        Collective::AllToAll,
+        Collective::Gather,
+    ] {
         for bytes in [8u64, 64 << 10, 16 << 20] {
             for a in Algorithm::ALL.into_iter().filter(|a| a.supports(c)) {
                 let price = |net| {
