@@ -599,10 +599,29 @@ mod tests {
             vec!["broadcast", "-r", "4", "-n", "4"],
             vec!["--ranks-per-host", "0"],
             vec!["--chunks", "0"],
+            vec!["--network", "tcp: B 1 GB/s"],
         ] {
             assert!(matches!(parse(&bad), Err(ArgError::Usage(_))), "{bad:?}");
         }
         assert_eq!(parse(["-h"]), Err(ArgError::Help));
+    }
+
+    #[test]
+    fn a_calibration_s_line_is_the_network() {
+        let line = "tcp: alpha 1.50 us, B 2.000 GB/s, o 4.00 us, call 0.20 us, one port \
+                    (measured, 12 pairs); gamma 0.100 ns/B, copy 0.080 ns/B (measured); \
+                    no host bus; calibrated in 100.0 ms";
+        let o = parse(["--network", line, "-n", "4", "all_to_all"]).unwrap();
+        let net = network_from_description(o.described.as_deref().unwrap(), 4, 256 << 10).unwrap();
+        let close = |got: f64, want: f64| assert!((got / want - 1.0).abs() < 1e-12, "{got} {want}");
+        close(net.inter.alpha, 1.5e-6);
+        close(net.inter.bandwidth, 2e9);
+        close(net.overhead, 4e-6);
+        close(net.call_overhead, 0.2e-6);
+        close(net.gamma, 0.1e-9);
+        close(net.copy, 0.08e-9);
+        assert!(net.host_bandwidth.is_infinite() && net.inter.duplex.is_none());
+        assert!(o.flags.contains("calibrated network"), "{}", o.flags);
     }
 
     #[test]
