@@ -466,10 +466,8 @@ pub fn network_from_description(
                 // Lines before the stream point was printed: measure_bus's
                 // size for this group (a hot point: it had a core per rank).
                 None => {
-                    let steps = nranks.saturating_sub(1).max(1) as f64;
-                    let want = (only.bandwidth * 2e-3 / steps)
-                        .clamp((64 << 10) as f64, (32 << 20) as f64 / steps);
-                    steps * ((want as u64 / 4096).max(1) * 4096) as f64
+                    let steps = nranks.saturating_sub(1).max(1) as u64;
+                    (steps * bus_step_bytes(only.bandwidth, steps, 1.0)) as f64
                 }
             };
             network = network.with_host_bandwidth_by_size(curve(&[*hot, (stream, bus)])?);
@@ -1943,12 +1941,9 @@ fn measure_bus(
     guide: f64,
     hot: bool,
 ) -> Result<[f64; 3]> {
-    const MIB: u64 = 1 << 20;
     let steps = group.len().saturating_sub(1).max(1) as u64;
     let turns = (group.len() as f64 / cores.max(1) as f64).max(1.0).sqrt();
-    let want =
-        (guide * 2e-3 / steps as f64 / turns).clamp((64 << 10) as f64, (32 * MIB / steps) as f64);
-    let bytes = ((want as u64) / 4096).max(1) * 4096;
+    let bytes = bus_step_bytes(guide, steps, turns);
     let main = bus_at(wire, group, bytes)?;
     let hot = if hot {
         bus_at(wire, group, (HOT_BYTES / steps / 4096).max(1) * 4096)?
@@ -1956,6 +1951,15 @@ fn measure_bus(
         0.0
     };
     Ok([main, (steps * bytes) as f64, hot])
+}
+
+/// The bytes per step of [`measure_bus`]'s main size: about 2 ms per rank
+/// at the link bandwidth `guide` over `steps` steps, cut by `turns` where
+/// ranks take turns at the cores; 64 KiB to 32 MiB in all, whole pages.
+fn bus_step_bytes(guide: f64, steps: u64, turns: f64) -> u64 {
+    let want =
+        (guide * 2e-3 / steps as f64 / turns).clamp((64 << 10) as f64, ((32 << 20) / steps) as f64);
+    ((want as u64) / 4096).max(1) * 4096
 }
 
 /// [`measure_bus`] at `bytes` per step: [`slope_per_byte`] of 3 runs of

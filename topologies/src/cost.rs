@@ -1915,8 +1915,7 @@ impl<'a> Engine<'a> {
         let gamma = self.gamma_of(op);
         let red = bytes * gamma;
         let cpu = self.cpu_free[b].max(self.now);
-        let class = usize::from(self.net.same_host(a, b));
-        let overlaps = self.links[class].of.duplex.is_none();
+        let overlaps = !self.one_core(a, b);
         let d = if overlaps && self.piece > 0.0 && bytes > self.piece {
             let k = (bytes / self.piece).ceil();
             let last = bytes - self.piece * (k - 1.0);
@@ -1932,13 +1931,21 @@ impl<'a> Engine<'a> {
         d
     }
 
+    /// Whether one core copies both ways between `a` and `b`: their link
+    /// class has a [`Link::duplex`] rate (shared memory, loopback TCP).
+    fn one_core(&self, a: usize, b: usize) -> bool {
+        self.links[usize::from(self.net.same_host(a, b))]
+            .of
+            .duplex
+            .is_some()
+    }
+
     /// When `b` has taken a message from `a` whose bytes are in at `landed`:
     /// where one core copies both ways, the message's overhead o, the end
     /// of its α, needs `b`'s own core (see `own`); else `landed`.
     fn received(&mut self, a: usize, b: usize, landed: f64) -> f64 {
-        let class = usize::from(self.net.same_host(a, b));
         let o = self.overhead;
-        if self.links[class].of.duplex.is_none() || o <= 0.0 {
+        if !self.one_core(a, b) || o <= 0.0 {
             return landed;
         }
         let from = (landed - o).max(self.now);

@@ -445,12 +445,12 @@ fn main() -> ExitCode {
         }
         for &n in &o.ranks {
             let mut cells = vec![n.to_string()];
+            let described = o.described.as_ref().map(|line| {
+                network_from_description(line, n, o.net.pipeline_bytes)
+                    .expect("checked when parsed")
+            });
+            let net = described.as_ref().unwrap_or(&o.net);
             for &s in &o.sizes {
-                let described = o.described.as_ref().map(|line| {
-                    network_from_description(line, n, o.net.pipeline_bytes)
-                        .expect("checked when parsed")
-                });
-                let net = described.as_ref().unwrap_or(&o.net);
                 let t = match tune(c, s, n, elem, net, &o.tune) {
                     Ok(t) => t,
                     Err(e) => {
