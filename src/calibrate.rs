@@ -2420,6 +2420,103 @@ mod tests {
     }
 
     #[test]
+    fn a_described_calibration_is_read_back_as_its_network() {
+        // Figures exact at the digits `describe` prints, every optional
+        // part present: the network read back prices as the calibrated one
+        // (a live calibration's figures lose digits; tests/selection.rs
+        // checks one of those within 3%).
+        let n = 4;
+        let stream = 9_437_184.0;
+        let c = |p: &[(f64, f64)]| SizeCurve::new(p).unwrap();
+        let link = LinkFigures {
+            kind: "shm",
+            alpha: 0.25e-6,
+            bandwidth: 10.125e9,
+            duplex: Some(5.5e9),
+            bandwidth_by_size: Some(c(&[(HOT_BYTES as f64, 12.5e9), (stream, 10.125e9)])),
+            duplex_by_size: Some(c(&[
+                (HOT_BYTES as f64, 8.25e9),
+                (stream, 5.5e9),
+                (cold_span(stream as u64) as f64, 4.0e9),
+            ])),
+            overhead: 0.5e-6,
+            call_overhead: 1.25e-6,
+            wake: 0.75e-6,
+            latency_by_size: Some(c(&CURVE_BYTES
+                .iter()
+                .zip([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0])
+                .map(|(&b, us)| (b as f64, us * 1e-6))
+                .collect::<Vec<_>>())),
+            source: Source::Measured,
+            pairs: n * (n - 1),
+            injection: Injection::Link,
+        };
+        let (gamma, copy) = (0.125e-9, 0.075e-9);
+        let memory = (
+            c(&[
+                (HOT_REDUCE_BYTES as f64, gamma),
+                (COLD_REDUCE_BYTES as f64, 0.25e-9),
+            ]),
+            c(&[
+                (HOT_REDUCE_BYTES as f64, copy),
+                (COLD_REDUCE_BYTES as f64, 0.125e-9),
+            ]),
+        );
+        let bus = c(&[(HOT_BYTES as f64, 30.5e9), (20_971_520.0, 15.25e9)]);
+        let built = build_network(&[], &[link], gamma, copy, 256 << 10)
+            .with_memory_by_size(memory.0, memory.1);
+        let network = built
+            .clone()
+            .with_hosts(Hosts::Blocks(n), built.inter)
+            .with_host_bandwidth(15.25e9)
+            .with_host_bandwidth_by_size(bus)
+            .with_host_cores(2);
+        let cal = Calibration {
+            links: vec![link],
+            gamma,
+            copy,
+            reduce_source: Source::Measured,
+            host_bandwidth: 15.25e9,
+            host_bandwidth_by_size: Some(bus),
+            host_source: Source::Measured,
+            network: network.clone(),
+            elapsed: Duration::from_millis(100),
+        };
+        let line = cal.describe();
+        let read = network_from_description(&line, n, 256 << 10).unwrap();
+        for (c, a) in [
+            (Collective::AllReduce, Algorithm::Ring),
+            (Collective::AllReduce, Algorithm::Tree),
+            (Collective::AllToAll, Algorithm::Linear),
+            (Collective::Gather, Algorithm::Star),
+        ] {
+            for count in [2u64, 16 << 10, 4 << 20] {
+                let counts = match c {
+                    Collective::AllToAll => Counts::Matrix {
+                        counts: vec![count; n * n],
+                        partial: false,
+                    },
+                    Collective::Gather => Counts::Blocks(vec![count; n]),
+                    _ => Counts::Single(count),
+                };
+                let shape = Shape::new(c, n, 0, counts);
+                let opts = PlanOptions { chunk_elems: 0 };
+                let price = |net: &Network| {
+                    braid_topologies::price_call(a, &shape, &opts, net, 4)
+                        .unwrap()
+                        .time
+                };
+                let (want, got) = (price(&network), price(&read));
+                assert!(
+                    (got / want - 1.0).abs() < 1e-9,
+                    "{c} {a} {count}: {got:e} read back, {want:e} calibrated\n{line}"
+                );
+            }
+        }
+        assert!(network_from_description("shm: alpha x us", n, 1 << 18).is_err());
+    }
+
+    #[test]
     fn the_turns_fit_recovers_the_figures_the_model_was_priced_with() {
         // Times the model gives the four exchanges for known α, o, c and
         // w (ranks taking turns at fewer cores, or a core each, where w

@@ -465,7 +465,11 @@ fn a_calibration_s_line_prices_as_its_network() {
     // `braid-sim --network` and benches/scripts/reprice.py rebuild the
     // network from the line BRAID_DEBUG=tuning prints; the figures are
     // printed to 3 or 4 digits, so prices agree to within a few percent.
-    let n = 4;
+    // Two ranks: where ranks take turns at the cores (more ranks than
+    // cores) a few digits can reorder the turns and move a price by more
+    // (4 ranks on 2 cores: 1 run in 5 off by 3.5–5%); every part of such a
+    // line is read back exactly in calibrate's own tests.
+    let n = 2;
     let cfg = config("line");
     let cal = run_local(n, cfg.clone(), |comm| comm.calibrate().unwrap().clone())
         .unwrap()
