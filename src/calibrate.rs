@@ -453,16 +453,8 @@ pub fn network_from_description(
             links.len()
         ));
     };
-    let mut network = build_network(&[], &links, gamma, copy, chunk_bytes);
-    if let Some((g, c)) = memory {
-        network = network.with_memory_by_size(g, c);
-    }
-    if bus.is_finite() {
-        let link = network.inter;
-        network = network
-            .with_hosts(Hosts::Blocks(nranks.max(1)), link)
-            .with_host_bandwidth(bus);
-        if let [hot, ..] = bus_curve.as_slice() {
+    let bus_by_size = match bus_curve.as_slice() {
+        [hot, ..] if bus.is_finite() => {
             let stream = match bus_curve.get(1) {
                 Some(p) => p.0,
                 // Lines before the stream point was printed: measure_bus's
@@ -472,13 +464,57 @@ pub fn network_from_description(
                     (steps * bus_step_bytes(only.bandwidth, steps, 1.0)) as f64
                 }
             };
-            network = network.with_host_bandwidth_by_size(curve(&[*hot, (stream, bus)])?);
+            Some(curve(&[*hot, (stream, bus)])?)
         }
+        _ => None,
+    };
+    Ok(HostFigures {
+        memory,
+        hosts: Some(Hosts::Blocks(nranks.max(1))),
+        bus,
+        bus_by_size,
+        cores: (cores > 0).then_some(cores),
     }
-    if cores > 0 {
-        network = network.with_host_cores(cores);
+    .apply(build_network(&[], &links, gamma, copy, chunk_bytes)))
+}
+
+/// What a calibration adds to [`build_network`]'s links, γ and copy: γ and
+/// copy by call size, and where one host runs several ranks, which ranks
+/// share a host, its bus (C, by call size) and the cores they take turns
+/// at.
+struct HostFigures {
+    memory: Option<(SizeCurve, SizeCurve)>,
+    /// Which ranks share a host, for one link kind (with several, the
+    /// kinds other than TCP join hosts already).
+    hosts: Option<Hosts>,
+    /// C; infinite: no bus.
+    bus: f64,
+    bus_by_size: Option<SizeCurve>,
+    cores: Option<usize>,
+}
+
+impl HostFigures {
+    fn apply(self, mut network: Network) -> Network {
+        if let Some((g, c)) = self.memory {
+            network = network.with_memory_by_size(g, c);
+        }
+        if self.bus.is_finite() || self.cores.is_some() {
+            if let Some(hosts) = self.hosts {
+                let link = network.inter;
+                network = network.with_hosts(hosts, link);
+            }
+        }
+        if self.bus.is_finite() {
+            network = network.with_host_bandwidth(self.bus);
+            if let Some(c) = self.bus_by_size {
+                network = network.with_host_bandwidth_by_size(c);
+            }
+        }
+        if let Some(cores) = self.cores {
+            network = network.with_host_cores(cores);
+        }
+        network
     }
-    Ok(network)
 }
 
 /// The figures used without measuring (`BRAID_CALIBRATE=off`), and the
@@ -1811,36 +1847,25 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             }
         }
     }
-    let mut network = build_network(&kinds, &links, gamma, copy, config.chunk_bytes as u64);
-    if let Some((g, c)) = memory_by_size {
-        network = network.with_memory_by_size(g, c);
+    let network = HostFigures {
+        memory: memory_by_size,
+        // One kind: hosts by identity (loopback TCP between ranks of one
+        // host is the same link class as TCP between hosts).
+        hosts: (links.len() == 1).then(|| Hosts::Map(host_map(&hosts_of))),
+        bus: host_bandwidth,
+        bus_by_size: host_bandwidth_by_size,
+        // Turns only where the links move bytes through the host's memory
+        // (`local`, `shm`, `tcp`): a `shaped` link emulates a wire between
+        // hosts, whose time is not a core's.
+        cores: turns_at.filter(|_| bus_kinds(&used)),
     }
-    if host_bandwidth.is_finite() {
-        if let [_] = links.as_slice() {
-            // One kind: hosts by identity (loopback TCP between ranks of
-            // one host is the same link class as TCP between hosts).
-            let map = host_map(&hosts_of);
-            let l = network.inter;
-            network = network.with_hosts(Hosts::Map(map), l);
-        }
-        network = network.with_host_bandwidth(host_bandwidth);
-        if let Some(c) = host_bandwidth_by_size {
-            network = network.with_host_bandwidth_by_size(c);
-        }
-    }
-    // Turns only where the links move bytes through the host's memory
-    // (`local`, `shm`, `tcp`): a `shaped` link emulates a wire between
-    // hosts, whose time is not a core's.
-    if let Some(cores) = turns_at.filter(|_| bus_kinds(&used)) {
-        if let [_] = links.as_slice() {
-            if matches!(network.hosts, Hosts::Blocks(1)) {
-                // One kind, no bus: hosts by identity all the same.
-                let l = network.inter;
-                network = network.with_hosts(Hosts::Map(host_map(&hosts_of)), l);
-            }
-        }
-        network = network.with_host_cores(cores);
-    }
+    .apply(build_network(
+        &kinds,
+        &links,
+        gamma,
+        copy,
+        config.chunk_bytes as u64,
+    ));
     Ok(Calibration {
         links,
         gamma,
