@@ -18,20 +18,11 @@ import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-# select.rs: CHUNK_CANDIDATES, MAX_PIECES, MAX_MESSAGES.
-CHUNKS = [16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20]
-MAX_PIECES = 256
-MAX_MESSAGES = 1 << 20
 SIZE_TOKENS = {"8": 8, "1K": 1 << 10, "64K": 64 << 10, "1M": 1 << 20, "16M": 16 << 20, "64M": 64 << 20}
 
 
 def bucket(b):
     return 0 if b == 0 else 1 << (b - 1).bit_length()
-
-
-def chunks_for(size):
-    c = [x for x in CHUNKS if size // x <= MAX_PIECES]
-    return c or CHUNKS[-1:]
 
 
 def main():
@@ -63,9 +54,9 @@ def main():
         if net is None:
             return key, None
         size = bucket(nbytes)
+        # --chunks braid: the chunks and message bound a communicator tries.
         cmd = [sim, "--network", net, "-n", str(n), "-s", str(size), "-r", str(root), coll,
-               "--all", "--json", "--chunks", ",".join(map(str, chunks_for(size))),
-               "--max-messages", str(MAX_MESSAGES)]
+               "--all", "--json", "--chunks", "braid"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         best = {}
         for l in out.splitlines():

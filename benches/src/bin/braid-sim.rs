@@ -4,6 +4,7 @@
 //! (algorithm, pipeline chunk) is priced by a discrete-event simulation of
 //! its plans (`braid_topologies::cost`). `braid-sim --help` for the options.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
@@ -53,7 +54,9 @@ calls:
                              F = 2 unless given) (default 8,64K,1M,64M,1G)
   -d, --datatype T           f32 (default) f64 f16 bf16 i8 u8 i32 u32 i64 u64
   -r, --root R               root of rooted collectives (default 0)
-      --chunks LIST          pipeline chunks tried (default 16K,64K,256K,1M,4M,16M)
+      --chunks LIST          pipeline chunks tried (default 16K,64K,256K,1M,4M,16M);
+                             braid: per size, the chunks and message bound a
+                             communicator tries (its size bucket's)
       --max-messages N       skip candidates with more messages (default 67108864)
 
 output:
@@ -87,6 +90,9 @@ struct Options {
     sizes: Vec<u64>,
     dtype: DType,
     tune: TuneOptions,
+    /// `--chunks braid`: per size, the chunks and message bound of
+    /// `braid::select::tune_options` instead of `tune`'s.
+    as_communicator: bool,
     all: bool,
     format: Format,
     /// The network flags as given, for the header.
@@ -173,6 +179,7 @@ where
     let mut sizes = vec![8u64, 64 << 10, 1 << 20, 64 << 20, 1 << 30];
     let mut dtype = DType::F32;
     let mut tune = TuneOptions::default();
+    let mut as_communicator = false;
     let (mut all, mut format) = (false, Format::Table);
     let mut collectives = Vec::new();
     let mut described = None;
@@ -240,6 +247,10 @@ where
             "-r" | "--root" => tune.root = whole(flag, &value()?)? as usize,
             "--chunks" => {
                 let v = value()?;
+                as_communicator = v.trim() == "braid";
+                if as_communicator {
+                    continue;
+                }
                 tune.chunk_bytes = list(flag, &v, |s| size(flag, s))?;
                 if tune.chunk_bytes.contains(&0) {
                     return Err(usage("--chunks: a chunk must be at least 1 byte"));
@@ -313,10 +324,27 @@ where
         sizes,
         dtype,
         tune,
+        as_communicator,
         all,
         format,
         flags,
     })
+}
+
+impl Options {
+    /// What `tune` tries for calls of `bytes`: `--chunks braid`'s per size
+    /// (a communicator's, `braid::select::tune_options`), else the flags'.
+    fn tune_for(&self, bytes: u64) -> Cow<'_, TuneOptions> {
+        if !self.as_communicator {
+            return Cow::Borrowed(&self.tune);
+        }
+        let braid = braid::select::tune_options(bytes, None, None);
+        Cow::Owned(TuneOptions {
+            chunk_bytes: braid.chunk_bytes,
+            max_messages: braid.max_messages,
+            ..self.tune.clone()
+        })
+    }
 }
 
 /// `8`, `64K`, `1M`, `1G` when exact, else bytes.
@@ -451,7 +479,7 @@ fn main() -> ExitCode {
             });
             let net = described.as_ref().unwrap_or(&o.net);
             for &s in &o.sizes {
-                let t = match tune(c, s, n, elem, net, &o.tune) {
+                let t = match tune(c, s, n, elem, net, &o.tune_for(s)) {
                     Ok(t) => t,
                     Err(e) => {
                         eprintln!("braid-sim: {c} N={n} {s} B: {e}");
@@ -604,6 +632,25 @@ mod tests {
             assert!(matches!(parse(&bad), Err(ArgError::Usage(_))), "{bad:?}");
         }
         assert_eq!(parse(["-h"]), Err(ArgError::Help));
+    }
+
+    #[test]
+    fn braid_s_chunks_are_a_communicator_s_per_size() {
+        let o = parse(["--chunks", "braid", "-r", "1"]).unwrap();
+        let big = o.tune_for(1 << 30);
+        assert_eq!(
+            big.chunk_bytes,
+            vec![4 << 20],
+            "1 GiB in at most 256 pieces"
+        );
+        assert_eq!(big.max_messages, braid::select::MAX_MESSAGES);
+        assert_eq!(big.root, 1);
+        assert_eq!(
+            o.tune_for(64 << 10).chunk_bytes,
+            braid::select::CHUNK_CANDIDATES.to_vec()
+        );
+        let o = parse(["--chunks", "16K,1M"]).unwrap();
+        assert_eq!(o.tune_for(1 << 30).chunk_bytes, vec![16 << 10, 1 << 20]);
     }
 
     #[test]
