@@ -1661,11 +1661,13 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             }
         };
         let (wake, call_overhead) = (figure(WAKE_AT), figure(CALL_AT));
+        // Whether a figure that must be positive was measured.
+        let measured = |x: f64| x > 0.0 && x.is_finite();
         // Full duplex unless each way at once is clearly slower than one.
-        let duplex = (ok && from[DUPLEX_AT].is_finite() && from[DUPLEX_AT] > 0.0)
+        let duplex = (ok && measured(from[DUPLEX_AT]))
             .then_some(from[DUPLEX_AT])
             .filter(|&d| d < 0.9 * bandwidth);
-        let curve = if ok && from[CURVE].iter().all(|a| *a > 0.0 && a.is_finite()) {
+        let curve = if ok && from[CURVE].iter().all(|&a| measured(a)) {
             let points: Vec<(f64, f64)> = CURVE_BYTES
                 .iter()
                 .zip(std::iter::once(&alpha).chain(&from[CURVE]))
@@ -1678,10 +1680,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         // Rates by call size: the hot point, the measured stream, and for D
         // the cold span, where all were measured.
         let stream = from[STREAM_AT];
-        let figure = |x: f64| x > 0.0 && x.is_finite();
-        let sized = ok && stream > HOT_BYTES as f64 && figure(stream);
+        let sized = ok && stream > HOT_BYTES as f64 && measured(stream);
         let by_size = |points: &[(f64, f64)]| {
-            (sized && points.iter().all(|p| figure(p.1)))
+            (sized && points.iter().all(|p| measured(p.1)))
                 .then(|| SizeCurve::new(points).ok())
                 .flatten()
         };
@@ -1693,7 +1694,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 (cold_span(stream as u64) as f64, from[COLD_AT]),
             ];
             // The cold point where measured (not on crowded hosts).
-            by_size(&points[..if figure(from[COLD_AT]) { 3 } else { 2 }])
+            by_size(&points[..if measured(from[COLD_AT]) { 3 } else { 2 }])
         });
         if source == Source::Measured && ok {
             let mut e = link_key(LINK_KINDS[code], size);
@@ -1713,7 +1714,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
                 e.fields.insert("stream".into(), format!("{stream:e}"));
                 let hot = format!("{:e}/{:e}", from[HOT_AT], from[HOT_AT + 1]);
                 e.fields.insert("hot".into(), hot);
-                if figure(from[COLD_AT]) {
+                if measured(from[COLD_AT]) {
                     e.fields
                         .insert("cold".into(), format!("{:e}", from[COLD_AT]));
                 }
