@@ -2404,6 +2404,12 @@ fn build_network(
         if let Some(d) = l.duplex {
             link = link.with_duplex(d);
         }
+        // braid's TCP transport reads a socket into its buffer and folds
+        // from there (`Transport::recv` lends that buffer); shared memory
+        // lends its ring.
+        if l.kind == "tcp" {
+            link = link.with_staged_fold();
+        }
         link
     };
     let overhead = links.iter().map(|l| l.overhead).fold(0.0, f64::max);
@@ -2580,6 +2586,10 @@ mod tests {
             }
         }
         assert!(network_from_description("shm: alpha x us", n, 1 << 18).is_err());
+        // TCP folds a copy of the socket's bytes, shared memory its ring.
+        assert!(!read.inter.staged_fold);
+        let tcp = network_from_description(&line.replacen("shm:", "tcp:", 1), n, 256 << 10);
+        assert!(tcp.unwrap().inter.staged_fold);
     }
 
     #[test]

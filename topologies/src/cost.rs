@@ -79,7 +79,10 @@
 //!   `max(landed + last piece·γ, first piece landed + s·γ)` (and not before
 //!   the receiver's earlier reductions and its posting). With
 //!   `pipeline_bytes = 0` the whole message lands first, then `s·γ`: the
-//!   textbook `α + s/B + s·γ`.
+//!   textbook `α + s/B + s·γ`. Where one core copies both ways
+//!   ([`Link::duplex`]) it folds after the bytes are in, and where it
+//!   folds a copy it made first ([`Link::staged_fold`], TCP) the fold also
+//!   holds its port.
 //!
 //! On a host with more ranks than [`Network::host_cores`] K, the ranks take
 //! turns at its K cores (a calendar per core, the earliest free): a
@@ -179,6 +182,14 @@ pub struct Link {
     /// TCP), so an exchange moves each direction slower than a one-way
     /// transfer. `None`: full duplex (a NIC, an emulated wire).
     pub duplex: Option<f64>,
+    /// Where one core copies both ways ([`Link::duplex`]): a
+    /// receive-and-reduce folds a copy its core made first (a socket read
+    /// into a buffer, as braid's TCP transport does), so that core takes
+    /// no other message in while it folds: the fold holds the receiver's
+    /// port. `false`: the fold reads the transport's memory in the same
+    /// pass (a shared-memory ring), and the next message waits only for
+    /// the port.
+    pub staged_fold: bool,
 }
 
 /// A figure as a function of a size in bytes, from measured points: between
@@ -274,6 +285,16 @@ impl Link {
             bandwidth_by_size: None,
             duplex_by_size: None,
             duplex: None,
+            staged_fold: false,
+        }
+    }
+
+    /// The same link with its receive-and-reduce folding a staged copy
+    /// ([`Link::staged_fold`]).
+    pub fn with_staged_fold(self) -> Link {
+        Link {
+            staged_fold: true,
+            ..self
         }
     }
 
@@ -1910,7 +1931,8 @@ impl<'a> Engine<'a> {
     /// lands at `landed` (pieces stream in at `wire`), not starting before
     /// now. Folding overlaps the next piece's flight, except where one core
     /// copies both ways (a [`Link::duplex`] class): there the receiver's
-    /// core takes the bytes in, so it folds after they are in.
+    /// core takes the bytes in, so it folds after they are in, and where it
+    /// folds a staged copy ([`Link::staged_fold`]) the fold holds its port.
     fn reduced(&mut self, a: usize, b: usize, op: Op, bytes: f64, landed: f64, wire: f64) -> f64 {
         let gamma = self.gamma_of(op);
         let red = bytes * gamma;
@@ -1924,6 +1946,12 @@ impl<'a> Engine<'a> {
             (landed + last * gamma)
                 .max(landed - last / wire + (self.piece + last) * gamma)
                 .max(folded)
+        } else if red > 0.0 && self.staged_fold(a, b) {
+            // The core that reads the socket folds: no other message gets
+            // in meanwhile.
+            let port = 2 * b + usize::from(self.net.same_host(a, b));
+            let held = self.ejection[port].reserve(landed.max(cpu), red, self.now);
+            self.on_core(b, held - red, red)
         } else {
             self.on_core(b, landed.max(cpu), red)
         };
@@ -1938,6 +1966,13 @@ impl<'a> Engine<'a> {
             .of
             .duplex
             .is_some()
+    }
+
+    /// Whether `b` folds a message from `a` from a copy it made first, on a
+    /// one-core link ([`Link::staged_fold`]).
+    fn staged_fold(&self, a: usize, b: usize) -> bool {
+        let link = &self.links[usize::from(self.net.same_host(a, b))].of;
+        link.staged_fold && link.duplex.is_some()
     }
 
     /// When `b` has taken a message from `a` whose bytes are in at `landed`:

@@ -1766,3 +1766,60 @@ fn one_core_copying_both_ways_folds_after_the_bytes_are_in() {
         "folds after the bytes",
     );
 }
+
+#[test]
+fn a_staged_fold_holds_the_receiver_s_port() {
+    // Rank 0 folds s bytes from rank 1 and s bytes from rank 2 in one step,
+    // over one-core links (a duplex rate), in synchronous rounds: it takes
+    // in both messages (s/B each) and folds each (s·γ). Folding out of the
+    // transport's memory, the second message comes in while the first
+    // folds: 2s/B + α + s·γ. Folding a copy its core made first (a socket
+    // read), that core takes nothing in while it folds, so the second
+    // message waits for the first fold: 2(s/B + α + s·γ).
+    let len = 1u64 << 18;
+    let s = (len * ELEM) as f64;
+    let plans = |net: &Network| {
+        let fold = |peer| Action::RecvReduce {
+            peer,
+            dst: out(len),
+        };
+        let send = Action::Send {
+            peer: 0,
+            src: Region::new(BufferId::Input, 0, len),
+        };
+        let mut plans = [
+            plan(0, 3, vec![vec![fold(1), fold(2)]]),
+            plan(1, 3, vec![vec![send]]),
+            plan(2, 3, vec![vec![send]]),
+        ];
+        for p in &mut plans {
+            (p.input_len, p.output_len) = (len, len);
+        }
+        price(&plans, net, ELEM).unwrap().time
+    };
+    let one_core = |staged: bool| {
+        let mut net = net();
+        net.inter = net.inter.with_duplex(BW);
+        if staged {
+            net.inter = net.inter.with_staged_fold();
+        }
+        net.intra = net.inter;
+        net
+    };
+    close(
+        plans(&one_core(false)),
+        2.0 * s / BW + ALPHA + s * GAMMA,
+        "folding out of the ring",
+    );
+    close(
+        plans(&one_core(true)),
+        2.0 * (s / BW + ALPHA + s * GAMMA),
+        "folding a staged copy",
+    );
+    // Where a NIC takes the bytes in (no duplex rate) the flag changes
+    // nothing.
+    let mut nic = net();
+    nic.inter = nic.inter.with_staged_fold();
+    nic.intra = nic.inter;
+    close(plans(&nic), plans(&net()), "NIC");
+}
