@@ -14,9 +14,11 @@
 //!    (`BRAID_CALIBRATE=off`), or "measure".
 //! 2. Every rank times a reduction and a copy of 4 MiB of f32 in 256 KiB
 //!    pieces (γ, copy). Then, for each kind to measure, the ranks pair up
-//!    (greedily in rank order, each with the lowest free rank it reaches by
-//!    that kind) and all pairs measure at once, as all ranks compete in a
-//!    collective: ping-pong of 8-byte messages (α: the best of 4 runs of 4
+//!    (greedily in rank order, each with the highest free rank it reaches by
+//!    that kind: 0 with 7, 1 with 6, ... of 8, so that pairs span near and
+//!    far ranks as a collective's steps do; the lowest where ranks take
+//!    turns at cores) and all pairs measure at once, as all ranks compete
+//!    in a collective: ping-pong of 8-byte messages (α: the best of 4 runs of 4
 //!    round trips, 2 runs on links slower than 1 ms), bursts of 16 messages
 //!    in one step (o, what a message costs beyond its step: the best of 3),
 //!    and messages of a size s that takes about 2 ms (1 to 16 MiB) and of s/4,
@@ -70,7 +72,7 @@ const CALIBRATION_SEQ: u64 = u64::MAX;
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The measuring method: cached figures of another version are measured
 /// again.
-const METHOD: &str = "9";
+const METHOD: &str = "10";
 /// Lines kept in a cache file (the newest).
 const CACHE_MAX_LINES: usize = 256;
 
@@ -201,9 +203,58 @@ pub struct Calibration {
     pub network: Network,
     /// How long calibrating took on this rank.
     pub elapsed: Duration,
+    /// What each pair measured this time (none where the figures were
+    /// cached, given or defaults), from which the links' figures were
+    /// taken: pairs far apart in rank order may be slower than neighbours.
+    pub pairs: Vec<PairFigures>,
+}
+
+/// What one pair of ranks measured of a link kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairFigures {
+    /// The link kind ([`LINK_KINDS`]).
+    pub kind: &'static str,
+    /// The ranks, the one that led first.
+    pub ranks: (usize, usize),
+    /// Latency α in seconds.
+    pub alpha: f64,
+    /// Per-message overhead o in seconds.
+    pub overhead: f64,
+    /// Bandwidth one way, bytes per second.
+    pub bandwidth: f64,
+    /// Bytes per second each way with both directions busy; 0 where not
+    /// measured.
+    pub duplex: f64,
 }
 
 impl Calibration {
+    /// What each pair measured, for logs: "shm 0-7: alpha 0.31 us, o 0.20
+    /// us, B 7.463 GB/s, each way at once 4.454 GB/s; ..."; empty when
+    /// nothing was measured.
+    pub fn describe_pairs(&self) -> String {
+        let pairs: Vec<String> = self
+            .pairs
+            .iter()
+            .map(|p| {
+                let duplex = if p.duplex > 0.0 {
+                    format!(", each way at once {:.3} GB/s", p.duplex / 1e9)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} {}-{}: alpha {:.2} us, o {:.2} us, B {:.3} GB/s{duplex}",
+                    p.kind,
+                    p.ranks.0,
+                    p.ranks.1,
+                    p.alpha * 1e6,
+                    p.overhead * 1e6,
+                    p.bandwidth / 1e9
+                )
+            })
+            .collect();
+        pairs.join("; ")
+    }
+
     /// One line per figure, for logs.
     pub fn describe(&self) -> String {
         let mut s = String::new();
@@ -1489,6 +1540,9 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     let crowded = my_group.len() > cores_of[rank];
     // One host runs every rank, and more of them than it has cores.
     let alone = crowded && groups.len() == 1;
+    // Pairs far apart in rank order, unless ranks take turns at cores
+    // (see `partner`); alike on every rank.
+    let far = turns_at.is_none();
     let kinds: Vec<Vec<usize>> = (0..size)
         .map(|i| {
             (0..size)
@@ -1551,7 +1605,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         // turns twice (α 0.1 to 1100 µs, B 4 to 39 GB/s with 8 processes
         // on the 2-vCPU VM).
         let lead = |r: usize| {
-            partner(&kinds, code, r).map(|(peer, initiator)| if initiator { r } else { peer })
+            partner(&kinds, code, r, far).map(|(peer, initiator)| if initiator { r } else { peer })
         };
         let first = (0..size).find_map(lead);
         // (Links through memory only: pairs over emulated wires wait on
@@ -1559,7 +1613,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         // to hold back a disturbed measurement.)
         let lone = alone && bus_kinds(&[code]);
         let measures = !lone || lead(rank) == first;
-        if let Some((peer, initiator)) = partner(&kinds, code, rank).filter(|_| measures) {
+        if let Some((peer, initiator)) = partner(&kinds, code, rank, far).filter(|_| measures) {
             let mut pair = Pair {
                 wire: &mut wire,
                 peer,
@@ -1590,6 +1644,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         }
     }
     let mut agreed = vec![0f64; DECISION];
+    let mut pair_figures = Vec::new();
     if any {
         let shape = Shape::new(
             Collective::AllGather,
@@ -1600,6 +1655,22 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         let mut every = vec![0f64; DECISION * size];
         wire.collective(Algorithm::Bruck, &shape, &measured, &mut every)?;
         agreed = medians(&every, size);
+        for (code, r) in (0..SLOTS).flat_map(|c| (0..size).map(move |r| (c, r))) {
+            let row = &every[r * DECISION..][link_slot(code)];
+            if row[0] != Source::Measured.code() {
+                continue;
+            }
+            if let Some((peer, true)) = partner(&kinds, code, r, far) {
+                pair_figures.push(PairFigures {
+                    kind: LINK_KINDS[code],
+                    ranks: (r, peer),
+                    alpha: row[1],
+                    overhead: row[3],
+                    bandwidth: row[2],
+                    duplex: row[DUPLEX_AT],
+                });
+            }
+        }
     }
     // One crowded host, one kind measured: α, o, c and the wake from the
     // group at once (every rank decides alike, from what was all-gathered).
@@ -1877,6 +1948,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         host_source,
         network,
         elapsed: start.elapsed(),
+        pairs: pair_figures,
     })
 }
 
@@ -2353,16 +2425,31 @@ fn slowest(v: &[f64]) -> f64 {
 }
 
 /// This rank's partner for measuring link kind `code` and whether it leads:
-/// ranks are paired greedily in rank order, each with the lowest free rank
-/// it reaches by that kind, so that as many pairs as can measure at once.
-fn partner(kinds: &[Vec<usize>], code: usize, rank: usize) -> Option<(usize, bool)> {
+/// ranks are paired greedily in rank order, each with the highest free rank
+/// it reaches by that kind (`far`; 0 with 7, 1 with 6, ... of 8), else the
+/// lowest, so that as many pairs as can measure at once.
+///
+/// Far: a collective's steps span near and far ranks and end with their
+/// slowest link, while neighbours in rank order may share a core's
+/// caches (two hardware threads of one core, numbered side by side on many
+/// virtual machines) or a socket, and `braid-run` pins rank r to the r-th
+/// CPU. Near where ranks take turns at a host's cores: there the scheduler
+/// places the ranks (`braid-run` pins none), and the crowded figures
+/// checked on the 2-vCPU VM were measured by neighbours.
+fn partner(kinds: &[Vec<usize>], code: usize, rank: usize, far: bool) -> Option<(usize, bool)> {
     let n = kinds.len();
     let mut taken = vec![false; n];
     for i in 0..n {
         if taken[i] {
             continue;
         }
-        if let Some(j) = (i + 1..n).find(|&j| !taken[j] && kinds[i][j] == code) {
+        let free = |j: &usize| !taken[*j] && kinds[i][*j] == code;
+        let found = if far {
+            (i + 1..n).rev().find(free)
+        } else {
+            (i + 1..n).find(free)
+        };
+        if let Some(j) = found {
             taken[i] = true;
             taken[j] = true;
             if rank == i {
@@ -2553,6 +2640,7 @@ mod tests {
             host_source: Source::Measured,
             network: network.clone(),
             elapsed: Duration::from_millis(100),
+            pairs: Vec::new(),
         };
         let line = cal.describe();
         let read = network_from_description(&line, n, 256 << 10).unwrap();
@@ -2629,6 +2717,47 @@ mod tests {
             a >= 0.0 && o >= 0.0 && c >= 0.0 && w >= 0.0,
             "{a} {o} {c} {w}"
         );
+    }
+
+    #[test]
+    fn pairs_span_near_and_far_ranks_unless_ranks_take_turns() {
+        // kinds[i][j]: shm (1) within hosts of `per_host` ranks, tcp (2)
+        // across them.
+        let kinds = |n: usize, per_host: usize| -> Vec<Vec<usize>> {
+            (0..n)
+                .map(|i| {
+                    (0..n)
+                        .map(|j| match (i == j, i / per_host == j / per_host) {
+                            (true, _) => usize::MAX,
+                            (false, true) => 1,
+                            (false, false) => 2,
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        // Each rank's partner (none: itself), checking that both sides
+        // agree and exactly one leads.
+        let pairs = |k: &[Vec<usize>], code: usize, far: bool| -> Vec<usize> {
+            (0..k.len())
+                .map(|r| match partner(k, code, r, far) {
+                    Some((p, leads)) => {
+                        assert_eq!(partner(k, code, p, far), Some((r, !leads)));
+                        assert_eq!(leads, r < p);
+                        p
+                    }
+                    None => r,
+                })
+                .collect()
+        };
+        let one_host = kinds(8, 8);
+        assert_eq!(pairs(&one_host, 1, true), [7, 6, 5, 4, 3, 2, 1, 0]);
+        assert_eq!(pairs(&one_host, 1, false), [1, 0, 3, 2, 5, 4, 7, 6]);
+        assert_eq!(pairs(&kinds(3, 3), 1, true), [2, 1, 0]);
+        let two_hosts = kinds(8, 4);
+        assert_eq!(pairs(&two_hosts, 1, true), [3, 2, 1, 0, 7, 6, 5, 4]);
+        assert_eq!(pairs(&two_hosts, 2, true), [7, 6, 5, 4, 3, 2, 1, 0]);
+        assert_eq!(pairs(&two_hosts, 2, false), [4, 5, 6, 7, 0, 1, 2, 3]);
     }
 
     #[test]

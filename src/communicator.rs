@@ -239,9 +239,13 @@ impl Communicator {
             Some(c) => format!("chunk {c} B (BRAID_CHUNK_BYTES)"),
             None => "chunks chosen per size".to_string(),
         };
+        let pairs = match cal.describe_pairs() {
+            p if p.is_empty() => String::new(),
+            p => format!("braid tuning pairs: {p}\n"),
+        };
         Some(format!(
             "braid tuning table: {} ranks, transport {}, f32, predicted us per call (size = largest per-rank buffer; * = chosen; /64K = pipeline chunk; {chunk})\n\
-             braid tuning network: {}\n{}",
+             braid tuning network: {}\n{pairs}{}",
             self.size,
             self.transport.name(),
             cal.describe(),

@@ -240,6 +240,20 @@ fn calibration_is_cached_and_reused() {
         assert_eq!(first.network.host_cores, 0, "a core per rank");
         assert_eq!(link.wake, 0.0);
     }
+    // What each pair measured: where ranks take turns at the cores, the
+    // first pair of neighbours alone; else pairs far apart (0 with 2 of 3).
+    let want = if crowded { (0, 1) } else { (0, 2) };
+    let pairs: Vec<(usize, usize)> = first.pairs.iter().map(|p| p.ranks).collect();
+    assert_eq!(pairs, [want]);
+    let pair = first.pairs[0];
+    assert!(pair.kind == "local" && pair.alpha > 0.0 && pair.bandwidth > 0.0);
+    assert!(
+        first
+            .describe_pairs()
+            .starts_with(&format!("local {}-{}: alpha ", want.0, want.1)),
+        "{}",
+        first.describe_pairs()
+    );
     if let Some(curve) = &link.latency_by_size {
         let sizes: Vec<f64> = curve.points().iter().map(|p| p.0).collect();
         let want: Vec<f64> = CURVE_BYTES.iter().map(|&b| b as f64).collect();
@@ -278,6 +292,7 @@ fn calibration_is_cached_and_reused() {
     assert_eq!(second.links[0].source, Source::Cached);
     assert_eq!(second.reduce_source, Source::Cached);
     assert_eq!(second.network, first.network, "the cached figures, exactly");
+    assert!(second.pairs.is_empty(), "nothing measured");
 
     // Another group size is another entry.
     let other = run_local(2, cfg.clone(), |comm| {

@@ -9,7 +9,8 @@
 # latency changes within seconds (the 2-vCPU VM's fast and slow states) a
 # calibration a few seconds old prices another machine. The figures each
 # run calibrated (BRAID_DEBUG=tuning's network line) go to
-# OUT.jsonl.calibration, so that the rows can be re-priced later.
+# OUT.jsonl.calibration, so that the rows can be re-priced later, and what
+# each pair measured (BRAID_DEBUG=tuning's pairs line) to OUT.jsonl.pairs.
 # Usage: benches/scripts/validate_model.sh OUT.jsonl [shapes] [ranks] [sizes]
 #   shapes: space-separated alpha_us,gbps (default "20,10 500,1 2000,2"),
 #           "none" for the plain transport
@@ -35,6 +36,7 @@ else
 fi
 : >"$out"
 : >"$out.calibration"
+: >"$out.pairs"
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus; transport $transport; shapes $shapes; ranks $ranks; sizes $sizes" >&2
 for shape in $shapes; do
   for n in $ranks; do
@@ -56,7 +58,8 @@ for shape in $shapes; do
       for size in ${sizes//,/ }; do
         env "${env_shape[@]}" BRAID_CALIBRATE="${BRAID_CALIBRATE:-refresh}" BRAID_TIMEOUT=600 BRAID_DEBUG=tuning \
           "${cmd[@]}" --sizes "$size" -a all "${counts[@]}" --start together --json \
-          2> >(grep 'tuning network' | sed "s/^/$shape N=$n $c $size: /" >>"$out.calibration") \
+          2> >(grep 'tuning \(network\|pairs\)' | sed "s/^/$shape N=$n $c $size: /" \
+                 | tee >(grep 'tuning pairs' >>"$out.pairs") | grep 'tuning network' >>"$out.calibration") \
           | grep '^{' | sed "s/^{/{\"shape\":\"$shape\",/" >>"$out" || echo "# FAILED: $shape N=$n $c $size" >&2
       done
     done

@@ -18,6 +18,10 @@ done
 mkdir -p "$out"
 cpus=$(nproc)
 echo "# $(date -u +%FT%TZ) $(uname -n) $cpus cpus" | tee "$out/summary.txt"
+# Which CPUs share a core, a cache or a socket: braid-run pins rank r to
+# the r-th CPU, and the calibration's pairs (OUT.jsonl.pairs) are read
+# against this.
+lscpu -e >"$out/cpus.txt" 2>&1 || true
 run() { # name transport shapes
   local file="$out/$1-${cpus}cpu.jsonl"
   local began=$SECONDS
