@@ -1604,16 +1604,15 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         // and figures of pairs that took turns with each other priced the
         // turns twice (α 0.1 to 1100 µs, B 4 to 39 GB/s with 8 processes
         // on the 2-vCPU VM).
-        let lead = |r: usize| {
-            partner(&kinds, code, r, far).map(|(peer, initiator)| if initiator { r } else { peer })
-        };
+        let partner = pairing(&kinds, code, far);
+        let lead = |r: usize| partner[r].map(|(peer, initiator)| if initiator { r } else { peer });
         let first = (0..size).find_map(lead);
         // (Links through memory only: pairs over emulated wires wait on
         // their shaping, not on cores, and one pair alone gave no median
         // to hold back a disturbed measurement.)
         let lone = alone && bus_kinds(&[code]);
         let measures = !lone || lead(rank) == first;
-        if let Some((peer, initiator)) = partner(&kinds, code, rank, far).filter(|_| measures) {
+        if let Some((peer, initiator)) = partner[rank].filter(|_| measures) {
             let mut pair = Pair {
                 wire: &mut wire,
                 peer,
@@ -1655,12 +1654,16 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         let mut every = vec![0f64; DECISION * size];
         wire.collective(Algorithm::Bruck, &shape, &measured, &mut every)?;
         agreed = medians(&every, size);
-        for (code, r) in (0..SLOTS).flat_map(|c| (0..size).map(move |r| (c, r))) {
-            let row = &every[r * DECISION..][link_slot(code)];
-            if row[0] != Source::Measured.code() {
-                continue;
-            }
-            if let Some((peer, true)) = partner(&kinds, code, r, far) {
+        for code in (0..SLOTS).filter(|&c| pairs[c] > 0) {
+            let partner = pairing(&kinds, code, far);
+            for (r, peer) in partner.iter().enumerate().filter_map(|(r, p)| match p {
+                Some((peer, true)) => Some((r, *peer)),
+                _ => None,
+            }) {
+                let row = &every[r * DECISION..][link_slot(code)];
+                if row[0] != Source::Measured.code() {
+                    continue;
+                }
                 pair_figures.push(PairFigures {
                     kind: LINK_KINDS[code],
                     ranks: (r, peer),
@@ -2424,10 +2427,11 @@ fn slowest(v: &[f64]) -> f64 {
     }
 }
 
-/// This rank's partner for measuring link kind `code` and whether it leads:
-/// ranks are paired greedily in rank order, each with the highest free rank
-/// it reaches by that kind (`far`; 0 with 7, 1 with 6, ... of 8), else the
-/// lowest, so that as many pairs as can measure at once.
+/// Each rank's partner for measuring link kind `code` and whether it leads
+/// (`None`: no partner): ranks are paired greedily in rank order, each with
+/// the highest free rank it reaches by that kind (`far`; 0 with 7, 1 with
+/// 6, ... of 8), else the lowest, so that as many pairs as can measure at
+/// once.
 ///
 /// Far: a collective's steps span near and far ranks and end with their
 /// slowest link, while neighbours in rank order may share a core's
@@ -2436,31 +2440,25 @@ fn slowest(v: &[f64]) -> f64 {
 /// CPU. Near where ranks take turns at a host's cores: there the scheduler
 /// places the ranks (`braid-run` pins none), and the crowded figures
 /// checked on the 2-vCPU VM were measured by neighbours.
-fn partner(kinds: &[Vec<usize>], code: usize, rank: usize, far: bool) -> Option<(usize, bool)> {
+fn pairing(kinds: &[Vec<usize>], code: usize, far: bool) -> Vec<Option<(usize, bool)>> {
     let n = kinds.len();
-    let mut taken = vec![false; n];
+    let mut partner = vec![None; n];
     for i in 0..n {
-        if taken[i] {
+        if partner[i].is_some() {
             continue;
         }
-        let free = |j: &usize| !taken[*j] && kinds[i][*j] == code;
+        let free = |j: &usize| partner[*j].is_none() && kinds[i][*j] == code;
         let found = if far {
             (i + 1..n).rev().find(free)
         } else {
             (i + 1..n).find(free)
         };
         if let Some(j) = found {
-            taken[i] = true;
-            taken[j] = true;
-            if rank == i {
-                return Some((j, true));
-            }
-            if rank == j {
-                return Some((i, false));
-            }
+            partner[i] = Some((j, true));
+            partner[j] = Some((i, false));
         }
     }
-    None
+    partner
 }
 
 /// The cost model's network for a group whose rank `i` reaches rank `j` by
@@ -2739,10 +2737,11 @@ mod tests {
         // Each rank's partner (none: itself), checking that both sides
         // agree and exactly one leads.
         let pairs = |k: &[Vec<usize>], code: usize, far: bool| -> Vec<usize> {
+            let partner = pairing(k, code, far);
             (0..k.len())
-                .map(|r| match partner(k, code, r, far) {
+                .map(|r| match partner[r] {
                     Some((p, leads)) => {
-                        assert_eq!(partner(k, code, p, far), Some((r, !leads)));
+                        assert_eq!(partner[p], Some((r, !leads)));
                         assert_eq!(leads, r < p);
                         p
                     }
