@@ -1541,7 +1541,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
     // One host runs every rank, and more of them than it has cores.
     let alone = crowded && groups.len() == 1;
     // Pairs far apart in rank order, unless ranks take turns at cores
-    // (see `partner`); alike on every rank.
+    // (see `pairing`); alike on every rank.
     let far = turns_at.is_none();
     let kinds: Vec<Vec<usize>> = (0..size)
         .map(|i| {
