@@ -50,8 +50,9 @@ options:
 
 SIZE is the largest per-rank buffer in bytes (nccl-tests' convention) and takes
 K, M, G suffixes (powers of 1024): 8, 64K, 16M, 1G.
-The predicted column is the cost model's time for the row's algorithm on the
-links the group calibrated (BRAID_LINK, BRAID_CALIBRATE; docs/cost-model.md).
+The predicted column is the cost model's time for the row's algorithm (for
+send_recv, its one step) on the links the group calibrated (BRAID_LINK,
+BRAID_CALIBRATE; docs/cost-model.md).
 Environment: BRAID_ALGO, BRAID_TIMEOUT, BRAID_CHUNK_BYTES, BRAID_LINK,
 BRAID_CALIBRATE as for any braid program.
 Exit status: 0 ok, 1 a wrong element or a failed call, 2 bad arguments.

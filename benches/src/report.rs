@@ -74,8 +74,9 @@ pub struct Row {
     /// Wrong elements over all ranks (`null` without `-c`).
     pub wrong: Option<u64>,
     /// The cost model's time for this row's algorithm (with the chunk the
-    /// communicator uses) on the group's calibrated network, in µs; `null`
-    /// for send_recv or when the model cannot price it.
+    /// communicator uses) on the group's calibrated network, in µs (for
+    /// send_recv, its one step of a send to the next rank and a receive
+    /// from the previous); `null` when the model cannot price it.
     pub predicted_us: Option<f64>,
     /// Why the row failed (absent when it did not).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -107,8 +107,41 @@ pub fn predict_rows(rows: &mut [RowSpec], o: &Options, comm: &Communicator) {
     for row in rows {
         if let (Some(c), Some(a)) = (o.bench.collective(), row.algorithm) {
             row.predicted = comm.predict(c, a, row.layout.bytes, o.dtype);
+        } else if o.bench == Bench::SendRecv {
+            row.predicted = shift_prediction(comm, row.layout.count, o.dtype.size() as u64);
         }
     }
+}
+
+/// The cost model's time for the bench's send_recv on `comm`'s calibrated
+/// network: every rank sends `count` elements of `elem` bytes to the next
+/// rank and receives as many from the previous one, in one step, as
+/// `Communicator::send_recv` runs it. `None` before calibrating, or alone.
+fn shift_prediction(comm: &Communicator, count: u64, elem: u64) -> Option<f64> {
+    use braid_topologies::{price, Action, BufferId, Plan, Region};
+    let network = &comm.calibration()?.network;
+    let n = comm.size();
+    if n < 2 {
+        return None;
+    }
+    let plans: Vec<Plan> = (0..n)
+        .map(|r| {
+            let mut plan = Plan::new(Collective::AllToAll, Algorithm::Linear, r, n);
+            (plan.input_len, plan.output_len) = (count, count);
+            plan.push_step_keep_empty(vec![
+                Action::Send {
+                    peer: (r + 1) % n,
+                    src: Region::new(BufferId::Input, 0, count),
+                },
+                Action::Recv {
+                    peer: (r + n - 1) % n,
+                    dst: Region::new(BufferId::Output, 0, count),
+                },
+            ]);
+            plan
+        })
+        .collect();
+    price(&plans, network, elem).ok().map(|e| e.time)
 }
 
 /// Calibrates `comm` (collectively) and plans the rows with its choices and

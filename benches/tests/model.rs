@@ -109,13 +109,19 @@ fn json_rows_carry_predictions_and_mark_the_model_s_choice() {
 }
 
 #[test]
-fn send_recv_rows_have_no_prediction() {
+fn send_recv_rows_are_priced_as_their_one_step() {
+    // Every rank sends to the next and receives from the previous in one
+    // step: over 20 µs links at least α, more for more bytes; no algorithm.
     let rows = rows(&bench(
         &[
             "send_recv",
             "--ranks",
-            "2",
+            "3",
+            "-b",
+            "8",
             "-e",
+            "2M",
+            "-f",
             "64",
             "-n",
             "2",
@@ -123,11 +129,18 @@ fn send_recv_rows_have_no_prediction() {
             "0",
             "--json",
         ],
-        &[],
+        &[("BRAID_LINK", "20,10")],
     ));
-    assert!(rows
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["algorithm"].is_null()), "{rows:?}");
+    let predicted: Vec<f64> = rows
         .iter()
-        .all(|r| r["predicted_us"].is_null() && r["algorithm"].is_null()));
+        .map(|r| r["predicted_us"].as_f64().unwrap())
+        .collect();
+    assert!(predicted[0] >= 20.0, "{predicted:?}");
+    assert!(predicted.windows(2).all(|w| w[0] < w[1]), "{predicted:?}");
+    // 2 MiB at 10 Gbit/s take 1678 µs besides α.
+    assert!(predicted[3] > 20.0 + 1677.0, "{predicted:?}");
 }
 
 #[test]
