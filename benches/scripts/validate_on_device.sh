@@ -2,7 +2,8 @@
 # The cost model's N = 4 and 8 validation on a machine with cores to spare
 # (docs/cost-model.md): plain shm, plain loopback TCP and the shaped
 # 20 µs / 10 Gbit/s network with one port per rank, every collective and
-# size, then the summary of each. Meant for a machine without cargo: build
+# size, then the summary of each; and send_recv at N = 2, 4 and 8 over
+# shm and TCP. Meant for a machine without cargo: build
 # here with `cargo build --release -p braid -p braid-bench` and point
 # BRAID_BIN at the folder (default target/release). About 6 minutes on the
 # 2-vCPU VM; rows and calibrations go to OUT_DIR (default $OUT, else
@@ -33,3 +34,10 @@ run() { # name transport shapes
 run shm shm none
 run tcp tcp none
 run shape-20-10-ports local 20,10,ports
+# One step of a send to the next rank and a receive from the previous, at
+# N = 2, 4 and 8, against the model's price (its rows' predicted_us).
+for t in shm tcp; do
+  file="$out/send-recv-$t-${cpus}cpu.jsonl"
+  COLLECTIVES=send_recv BENCH_TRANSPORT=$t benches/scripts/validate_model.sh "$file" none "2 4 8" 2>"$file.log" || true
+  { echo "## send_recv $t"; python3 benches/scripts/validate_model.py "$file"; } >>"$out/summary.txt"
+done
