@@ -432,7 +432,7 @@ impl StartLine {
     }
 
     /// As [`wait`](Self::wait), giving the moment the line let the ranks go
-    /// ([`clock_ns`]): a sample runs from there, so a thread that got its
+    /// (`clock_ns`): a sample runs from there, so a thread that got its
     /// core late (more ranks than cores) counts the wait, as the model's
     /// common start does.
     pub fn wait_for_start(&self) -> Option<u64> {
