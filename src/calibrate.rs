@@ -1593,6 +1593,13 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
             ]);
         }
     }
+    // Who measures each kind with whom (kinds the group uses).
+    let pairings: Vec<Vec<Option<(usize, bool)>>> = (0..SLOTS)
+        .map(|code| match pairs[code] {
+            0 => Vec::new(),
+            _ => pairing(&kinds, code, far),
+        })
+        .collect();
     for code in 0..SLOTS {
         if pairs[code] == 0 || decision[link_slot(code).start] != 0.0 {
             continue;
@@ -1604,7 +1611,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         // and figures of pairs that took turns with each other priced the
         // turns twice (α 0.1 to 1100 µs, B 4 to 39 GB/s with 8 processes
         // on the 2-vCPU VM).
-        let partner = pairing(&kinds, code, far);
+        let partner = &pairings[code];
         let lead = |r: usize| partner[r].map(|(peer, initiator)| if initiator { r } else { peer });
         let first = (0..size).find_map(lead);
         // (Links through memory only: pairs over emulated wires wait on
@@ -1654,8 +1661,7 @@ pub(crate) fn calibrate(transport: &mut dyn Transport, config: &Config) -> Resul
         let mut every = vec![0f64; DECISION * size];
         wire.collective(Algorithm::Bruck, &shape, &measured, &mut every)?;
         agreed = medians(&every, size);
-        for code in (0..SLOTS).filter(|&c| pairs[c] > 0) {
-            let partner = pairing(&kinds, code, far);
+        for (code, partner) in pairings.iter().enumerate() {
             for (r, peer) in partner.iter().enumerate().filter_map(|(r, p)| match p {
                 Some((peer, true)) => Some((r, *peer)),
                 _ => None,
