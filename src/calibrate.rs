@@ -209,6 +209,9 @@ pub struct Calibration {
     pub pairs: Vec<PairFigures>,
 }
 
+/// Pairs [`Calibration::describe_pairs`] lists.
+pub const PAIRS_DESCRIBED: usize = 64;
+
 /// What one pair of ranks measured of a link kind.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PairFigures {
@@ -229,12 +232,15 @@ pub struct PairFigures {
 
 impl Calibration {
     /// What each pair measured, for logs: "shm 0-7: alpha 0.31 us, o 0.20
-    /// us, B 7.463 GB/s, each way at once 4.454 GB/s; ..."; empty when
-    /// nothing was measured.
+    /// us, B 7.463 GB/s, each way at once 4.454 GB/s; ..."; the first
+    /// [`PAIRS_DESCRIBED`] pairs (a group of thousands of ranks would print
+    /// a line of hundreds of kilobytes), then how many more
+    /// [`Calibration::pairs`] holds; empty when nothing was measured.
     pub fn describe_pairs(&self) -> String {
-        let pairs: Vec<String> = self
+        let mut pairs: Vec<String> = self
             .pairs
             .iter()
+            .take(PAIRS_DESCRIBED)
             .map(|p| {
                 let duplex = if p.duplex > 0.0 {
                     format!(", each way at once {:.3} GB/s", p.duplex / 1e9)
@@ -252,6 +258,9 @@ impl Calibration {
                 )
             })
             .collect();
+        if self.pairs.len() > PAIRS_DESCRIBED {
+            pairs.push(format!("{} more pairs", self.pairs.len() - PAIRS_DESCRIBED));
+        }
         pairs.join("; ")
     }
 
@@ -2678,6 +2687,26 @@ mod tests {
             }
         }
         assert!(network_from_description("shm: alpha x us", n, 1 << 18).is_err());
+        // The pairs line lists at most PAIRS_DESCRIBED pairs.
+        let pair = PairFigures {
+            kind: "shm",
+            ranks: (0, 1),
+            alpha: 0.25e-6,
+            overhead: 0.5e-6,
+            bandwidth: 10.125e9,
+            duplex: 0.0,
+        };
+        let many = Calibration {
+            pairs: vec![pair; PAIRS_DESCRIBED + 6],
+            ..cal.clone()
+        };
+        let described = many.describe_pairs();
+        assert_eq!(
+            described.matches("shm 0-1: alpha 0.25 us").count(),
+            PAIRS_DESCRIBED
+        );
+        assert!(described.ends_with("; 6 more pairs"), "{described}");
+        assert_eq!(cal.describe_pairs(), "");
         // TCP folds a copy of the socket's bytes, shared memory its ring.
         assert!(!read.inter.staged_fold);
         let tcp = network_from_description(&line.replacen("shm:", "tcp:", 1), n, 256 << 10);
