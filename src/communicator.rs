@@ -1001,28 +1001,12 @@ impl Communicator {
         recv: &mut [T],
         source: Option<usize>,
     ) -> Result<()> {
-        use braid_topologies::{Action, BufferId, Region};
-        let mut plan = Plan::new(
-            Collective::AllToAll,
-            Algorithm::Linear,
+        let plan = point_to_point_plan(
             self.rank,
             self.size,
+            dest.map(|d| (d, send.len() as u64)),
+            source.map(|s| (s, recv.len() as u64)),
         );
-        let mut actions = Vec::new();
-        if let Some(peer) = dest {
-            actions.push(Action::Send {
-                peer,
-                src: Region::new(BufferId::Input, 0, send.len() as u64),
-            });
-        }
-        if let Some(peer) = source {
-            actions.push(Action::Recv {
-                peer,
-                dst: Region::new(BufferId::Output, 0, recv.len() as u64),
-            });
-        }
-        // Zero-length messages still travel: the receiver must see them.
-        plan.push_step_keep_empty(actions);
         // Sends and receives are fingerprinted separately: each side checks
         // the header of what it receives against what its peer sent.
         let send_fp = |seq| Fingerprint {
@@ -1070,6 +1054,40 @@ impl Communicator {
         }
         Ok(())
     }
+}
+
+/// The plan `rank` of `size` runs for [`Communicator::send`],
+/// [`Communicator::recv`] and [`Communicator::send_recv`]: one step that
+/// sends `send`'s count of elements from the input to its peer and
+/// receives `recv`'s count from its peer into the output, so that a
+/// caller can price a pattern of them with the cost model
+/// ([`braid_topologies::price`]) as the communicator runs it.
+pub fn point_to_point_plan(
+    rank: usize,
+    size: usize,
+    send: Option<(usize, u64)>,
+    recv: Option<(usize, u64)>,
+) -> Plan {
+    use braid_topologies::{Action, BufferId, Region};
+    let mut plan = Plan::new(Collective::AllToAll, Algorithm::Linear, rank, size);
+    let mut actions = Vec::new();
+    if let Some((peer, count)) = send {
+        plan.input_len = count;
+        actions.push(Action::Send {
+            peer,
+            src: Region::new(BufferId::Input, 0, count),
+        });
+    }
+    if let Some((peer, count)) = recv {
+        plan.output_len = count;
+        actions.push(Action::Recv {
+            peer,
+            dst: Region::new(BufferId::Output, 0, count),
+        });
+    }
+    // Zero-length messages still travel: the receiver must see them.
+    plan.push_step_keep_empty(actions);
+    plan
 }
 
 impl std::fmt::Debug for Communicator {

@@ -46,7 +46,7 @@ pub mod select;
 pub mod store;
 
 pub use calibrate::Calibration;
-pub use communicator::Communicator;
+pub use communicator::{point_to_point_plan, Communicator};
 pub use config::{
     parse_algorithms, parse_calibrate, parse_links, parse_size, Calibrate, Config, LinkSpec,
 };

@@ -10,8 +10,8 @@ use std::time::Instant;
 use braid::launch::{LaunchInfo, Launcher};
 use braid::store::MemoryStore;
 use braid::{
-    bf16, f16, local_group_with, Algorithm, Collective, Communicator, Config, DType, Element,
-    ErrorKind,
+    bf16, f16, local_group_with, point_to_point_plan, Algorithm, Collective, Communicator, Config,
+    DType, Element, ErrorKind,
 };
 
 use crate::args::{AlgoChoice, Bench, Options, StartMode, DEFAULT_ITERS, DEFAULT_WARMUP};
@@ -118,30 +118,24 @@ pub fn predict_rows(rows: &mut [RowSpec], o: &Options, comm: &Communicator) {
 /// rank and receives as many from the previous one, in one step, as
 /// `Communicator::send_recv` runs it. `None` before calibrating, or alone.
 fn shift_prediction(comm: &Communicator, count: u64, elem: u64) -> Option<f64> {
-    use braid_topologies::{price, Action, BufferId, Plan, Region};
     let network = &comm.calibration()?.network;
     let n = comm.size();
     if n < 2 {
         return None;
     }
-    let plans: Vec<Plan> = (0..n)
+    let plans: Vec<_> = (0..n)
         .map(|r| {
-            let mut plan = Plan::new(Collective::AllToAll, Algorithm::Linear, r, n);
-            (plan.input_len, plan.output_len) = (count, count);
-            plan.push_step_keep_empty(vec![
-                Action::Send {
-                    peer: (r + 1) % n,
-                    src: Region::new(BufferId::Input, 0, count),
-                },
-                Action::Recv {
-                    peer: (r + n - 1) % n,
-                    dst: Region::new(BufferId::Output, 0, count),
-                },
-            ]);
-            plan
+            point_to_point_plan(
+                r,
+                n,
+                Some(((r + 1) % n, count)),
+                Some(((r + n - 1) % n, count)),
+            )
         })
         .collect();
-    price(&plans, network, elem).ok().map(|e| e.time)
+    braid_topologies::price(&plans, network, elem)
+        .ok()
+        .map(|e| e.time)
 }
 
 /// Calibrates `comm` (collectively) and plans the rows with its choices and
