@@ -9,7 +9,10 @@ the model is off, and in which direction). Files of several rounds also
 get the bench's repeatability: how often the algorithm fastest by the
 median of the other rounds' times is within 10% of a round's fastest (the
 score a model that knew every other round's measurements would get; no
-model can be shown better than the measurement repeats).
+model can be shown better than the measurement repeats). Last, at each
+collective's smallest size (up to 1 KiB), every algorithm's measured minus
+predicted time: whether what the model misses there is paid per call or
+per hop.
 Usage: validate_model.py OUT.jsonl [--markdown]"""
 import json
 import signal
@@ -110,6 +113,38 @@ def main():
         row = [ratios.get((shape, n, c, b)) for b in sizes]
         print(f"| {shape} | {n} | {c} | "
               + " | ".join(f"{statistics.median(v):.2f}" if v else "" for v in row) + " |")
+    small_call_excess(cells)
+
+
+def small_call_excess(cells):
+    """Each algorithm's measured minus predicted time at the smallest size
+    of its (shape, N, collective), median over rounds: a cost the model
+    misses once per call shows as the same excess for every algorithm, one
+    it misses per hop grows with the hops in a row (ring against star)."""
+    smallest = {}
+    for shape, n, c, b, _ in cells:
+        smallest[(shape, n, c)] = min(b, smallest.get((shape, n, c), b))
+    excess = defaultdict(list)
+    for (shape, n, c, b, _), rows in cells.items():
+        if b != smallest[(shape, n, c)] or b > 1024:
+            continue
+        for r in rows:
+            if r.get("predicted_us"):
+                excess[(shape, n, c, b)].append((r["algorithm"], r["time_us"] - r["predicted_us"]))
+    if not excess:
+        return
+    print()
+    print("Calls of at most 1 KiB (each collective's smallest size): measured − predicted, µs, "
+          "median over rounds, by algorithm:")
+    print()
+    print("| shape | N | collective | size | algorithm: excess |")
+    print("|---|---|---|---|---|")
+    for (shape, n, c, b), pairs in sorted(excess.items()):
+        by_algo = defaultdict(list)
+        for a, e in pairs:
+            by_algo[a].append(e)
+        text = ", ".join(f"{a} {statistics.median(v):.2f}" for a, v in sorted(by_algo.items()))
+        print(f"| {shape} | {n} | {c} | {human(b)} | {text} |")
 
 
 def repeatability(cells):
