@@ -9,8 +9,9 @@
 #   benches/scripts/ab_builds.sh /tmp/old/target/release target/release OUT_DIR
 # Writes OUT_DIR/{a,b}-<transport>-r<round>.jsonl (with .calibration and
 # .pairs), OUT_DIR/{a,b}-<transport>.jsonl (the rounds pooled, a "round"
-# key per row) and OUT_DIR/summary.txt, which ends with
-# pairs_by_distance.py of both builds' pairs. About 6 minutes per round on
+# key per row) and OUT_DIR/summary.txt: per transport and build the
+# pooled summary and, where the build prints what each pair measured,
+# pairs_by_distance.py of those pairs. About 6 minutes per round on
 # 16 cores for shm and TCP at N = 4 and 8.
 # Usage: benches/scripts/ab_builds.sh BUILD_A BUILD_B OUT_DIR
 #   TRANSPORTS (default "shm tcp"), RANKS (default "4 8"), ROUNDS (default 1),
@@ -50,14 +51,10 @@ for t in ${TRANSPORTS:-shm tcp}; do
       sed "s/^{/{\"round\":$r,/" "$out/$which-$t-r$r.jsonl"
     done >"$out/$which-$t.jsonl"
     { echo "## $which $t, $rounds round(s)"; python3 benches/scripts/validate_model.py "$out/$which-$t.jsonl"; } >>"$summary"
-  done
-done
-for which in a b; do
-  for t in ${TRANSPORTS:-shm tcp}; do
-    pairs=$(cat "$out/$which-$t"-r*.jsonl.pairs 2>/dev/null | head -c 1 || true)
-    if [ -n "$pairs" ]; then
+    # What each pair measured (builds that print it: commit 887074b does not).
+    cat "$out/$which-$t"-r*.jsonl.pairs >"$out/$which-$t.pairs" 2>/dev/null || true
+    if [ -s "$out/$which-$t.pairs" ]; then
       echo "## pairs by distance, $which $t" >>"$summary"
-      cat "$out/$which-$t"-r*.jsonl.pairs >"$out/$which-$t.pairs"
       python3 benches/scripts/pairs_by_distance.py "$out/$which-$t.pairs" >>"$summary" 2>&1 || true
     fi
   done

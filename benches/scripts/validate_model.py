@@ -124,13 +124,13 @@ def small_call_excess(cells):
     smallest = {}
     for shape, n, c, b, _ in cells:
         smallest[(shape, n, c)] = min(b, smallest.get((shape, n, c), b))
-    excess = defaultdict(list)
+    excess = defaultdict(lambda: defaultdict(list))
     for (shape, n, c, b, _), rows in cells.items():
         if b != smallest[(shape, n, c)] or b > 1024:
             continue
         for r in rows:
             if r.get("predicted_us"):
-                excess[(shape, n, c, b)].append((r["algorithm"], r["time_us"] - r["predicted_us"]))
+                excess[(shape, n, c, b)][r["algorithm"]].append(r["time_us"] - r["predicted_us"])
     if not excess:
         return
     print()
@@ -139,10 +139,7 @@ def small_call_excess(cells):
     print()
     print("| shape | N | collective | size | algorithm: excess |")
     print("|---|---|---|---|---|")
-    for (shape, n, c, b), pairs in sorted(excess.items()):
-        by_algo = defaultdict(list)
-        for a, e in pairs:
-            by_algo[a].append(e)
+    for (shape, n, c, b), by_algo in sorted(excess.items()):
         text = ", ".join(f"{a} {statistics.median(v):.2f}" for a, v in sorted(by_algo.items()))
         print(f"| {shape} | {n} | {c} | {human(b)} | {text} |")
 
