@@ -3,7 +3,9 @@
 size) cell, the fastest measured algorithm, the automatic choice and its
 measured and predicted times. Prints the two acceptance figures (auto within
 10% of the fastest in >= 90% of cells; prediction within 1.5x of the measured
-time of the chosen algorithm), every cell where either fails, and the median
+time of the chosen algorithm), the level of the predictions (their
+quartiles, and how many pass once divided by the median: a shared bias or
+a miss of shape), every cell where either fails, and the median
 predicted / measured of every algorithm's rows by collective and size (where
 the model is off, and in which direction). Files of several rounds also
 get the bench's repeatability: how often the algorithm fastest by the
@@ -48,6 +50,7 @@ def main():
     total = within = pred_total = pred_ok = 0
     bad = []
     per_shape = defaultdict(lambda: [0, 0, 0, 0])
+    ratios = defaultdict(list)
     for key in sorted(cells, key=lambda k: (k[0], k[4], k[1], k[2], k[3])):
         rows = cells[key]
         best = min(rows, key=lambda r: r["time_us"])
@@ -66,6 +69,7 @@ def main():
         pok = None
         if p:
             ratio = p / a["time_us"]
+            ratios[key[0]].append(ratio)
             pok = 1 / 1.5 <= ratio <= 1.5
             pred_total += 1
             pred_ok += pok
@@ -80,6 +84,7 @@ def main():
     print("|---|---|---|---|")
     for shape, (n, w, pt, po) in sorted(per_shape.items()):
         print(f"| {shape} | {n} | {w} ({100 * w / max(n, 1):.0f}%) | {po} of {pt} ({100 * po / max(pt, 1):.0f}%) |")
+    prediction_level(ratios)
     print()
     print("Cells where the automatic choice or the prediction misses:")
     print()
@@ -142,6 +147,26 @@ def small_call_excess(cells):
     for (shape, n, c, b), by_algo in sorted(excess.items()):
         text = ", ".join(f"{a} {statistics.median(v):.2f}" for a, v in sorted(by_algo.items()))
         print(f"| {shape} | {n} | {c} | {human(b)} | {text} |")
+
+
+def prediction_level(ratios):
+    """The auto choice's predicted / measured per shape: its quartiles, and
+    the cells within 1.5x were every prediction divided by the median. A
+    miss the level explains (a bias every size shares) passes then; one of
+    shape (a term missing at some sizes) does not."""
+    print()
+    print("Level of the predictions (auto choice's predicted / measured): quartiles, and the cells "
+          "within 1.5× with every prediction divided by the median:")
+    print()
+    print("| shape | q1 | median | q3 | within 1.5× | within 1.5× at median 1 |")
+    print("|---|---|---|---|---|---|")
+    for shape, v in sorted(ratios.items()):
+        v = sorted(v)
+        med = statistics.median(v)
+        q1, q3 = v[len(v) // 4], v[(3 * len(v)) // 4]
+        ok = sum(1 / 1.5 <= x <= 1.5 for x in v)
+        level = sum(1 / 1.5 <= x / med <= 1.5 for x in v)
+        print(f"| {shape} | {q1:.2f} | {med:.2f} | {q3:.2f} | {ok} of {len(v)} | {level} of {len(v)} |")
 
 
 def repeatability(cells):
